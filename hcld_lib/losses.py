@@ -1,0 +1,289 @@
+"""The HCLD loss terms (SPEC §1, steps 3-7) and the orthogonality baseline, as plain functions.
+
+Which pairs a term looks at (a "miner": :func:`speaker_emotion_pairs`, the positive masks of
+:func:`supcon_loss` and :func:`label_anchored_loss`) is kept apart from what is computed on them
+(pair losses, the one masked log-softmax :func:`masked_contrastive_loss`) and how it is averaged
+(mean over the pairs / anchors that exist). Masks are built once per batch, vectorised; there is
+no Python loop over pairs or samples.
+
+Every term returns a finite scalar. When its pair set or positive set is empty (one speaker in
+the batch, all labels distinct, ...) it returns ``0`` that is still connected to the inputs, so
+``backward()`` works and gives zero gradients, never NaN.
+
+Shapes: ``B`` batch size, ``E`` embedding size, ``N`` size of a contrast set.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hcld_lib.io import HcldError
+from hcld_lib.label_embeddings import LabelAnchors  # the anchors of label_anchored_loss
+
+__all__ = [
+    "LabelAnchors",
+    "icld_loss",
+    "label_anchored_loss",
+    "masked_contrastive_loss",
+    "orthogonality_loss",
+    "speaker_emotion_pairs",
+    "supcon_loss",
+    "task_loss",
+]
+
+POS_SPACES: tuple[str, ...] = ("emotion", "speaker")
+HINGES: tuple[str, ...] = ("text", "printed")
+
+
+def _check_batch(name: str, *tensors: Tensor) -> None:
+    sizes = {int(t.shape[0]) for t in tensors}
+    if len(sizes) != 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise HcldError(f"{name}: inputs disagree on the batch size ({shapes})")
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """``sum(values[mask]) / max(|mask|, 1)``; 0 connected to ``values`` when the mask is empty."""
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp_min(1).to(values.dtype)
+
+
+def _cosine_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """``C[i, j] = cos(a_i, b_j)`` for ``a [B, E]``, ``b [N, E]`` (``b = a`` if None) -> [B, N]."""
+    a = F.normalize(a, dim=-1, eps=eps)
+    b = a if b is None else F.normalize(b, dim=-1, eps=eps)
+    return a @ b.T
+
+
+def task_loss(
+    emotion_logits: Tensor,
+    emotion: Tensor,
+    speaker_logits: Tensor | None = None,
+    speaker: Tensor | None = None,
+    *,
+    emotion_weight: float = 1.0,
+    speaker_weight: float = 1.0,
+) -> Tensor:
+    """Classification loss of the heads: ``L_task = w_e CE(emotion) + w_s CE(speaker)``.
+
+    ``CE(y) = -1/B sum_i log softmax(logits_i)[y_i]``.
+
+    Args:
+        emotion_logits: ``[B, n_emotions]``; emotion: ``[B]`` long class indices.
+        speaker_logits: ``[B, n_speakers]`` or ``None`` (EMO-only: the speaker term is dropped);
+        speaker: ``[B]`` long, required with ``speaker_logits``.
+    Returns: scalar tensor.
+    """
+    loss = emotion_weight * F.cross_entropy(emotion_logits, emotion)
+    if speaker_logits is not None:
+        if speaker is None:
+            raise HcldError("task_loss: speaker_logits given without speaker labels")
+        loss = loss + speaker_weight * F.cross_entropy(speaker_logits, speaker)
+    return loss
+
+
+def speaker_emotion_pairs(emotion: Tensor, speaker: Tensor) -> tuple[Tensor, Tensor]:
+    """The ICLD pair miner: positive and negative pair masks ``[B, B]`` (bool, diagonal False).
+
+    ``pos[i, j] = (s_i == s_j) & (e_i != e_j)``: same speaker, different emotion (x+).
+    ``neg[i, j] = (s_i != s_j) & (e_i == e_j)``: different speaker, same emotion (x-).
+
+    Both are symmetric; every unordered pair appears twice, which leaves means unchanged.
+
+    Args: emotion ``[B]``, speaker ``[B]`` integer labels.
+    """
+    _check_batch("speaker_emotion_pairs", emotion, speaker)
+    same_emotion = emotion.unsqueeze(0) == emotion.unsqueeze(1)
+    same_speaker = speaker.unsqueeze(0) == speaker.unsqueeze(1)
+    return same_speaker & ~same_emotion, ~same_speaker & same_emotion
+
+
+def icld_loss(
+    x_e: Tensor,
+    x_s: Tensor,
+    emotion: Tensor,
+    speaker: Tensor,
+    margin: float = 0.0,
+    pos_space: str = "emotion",
+    hinge: str = "text",
+) -> dict[str, Tensor]:
+    """Instance-level contrastive decoupling, ``L_CLD = L_pos + L_neg`` (SPEC §1 step 4, §1.1).
+
+    With ``P`` / ``N`` the positive / negative pairs of :func:`speaker_emotion_pairs`::
+
+        L_pos = 1/|P| sum_{(i,j) in P} (1 - cos(Y_i, Y_j))^2,
+                Y = X_e (pos_space="emotion", as printed) or X_s (pos_space="speaker")
+        L_neg = 1/|N| sum_{(i,j) in N} h(cos(X_s_i, X_s_j))^2,
+                h(c) = max(0, c - m)  (hinge="text": similarity of the pair pushed below m)
+                h(c) = max(0, m - c)  (hinge="printed": the formula as printed)
+
+    An empty ``P`` or ``N`` gives 0 for that term (finite, with zero gradient).
+
+    Args:
+        x_e, x_s: ``[B, E]`` emotion / speaker embeddings (not necessarily normalised).
+        emotion, speaker: ``[B]`` integer labels. margin: ``m``.
+    Returns: ``dict(pos=L_pos, neg=L_neg, total=L_pos + L_neg)``, scalar tensors.
+    """
+    if pos_space not in POS_SPACES:
+        raise HcldError(f"icld_loss: pos_space={pos_space!r} is not one of {POS_SPACES}")
+    if hinge not in HINGES:
+        raise HcldError(f"icld_loss: hinge={hinge!r} is not one of {HINGES}")
+    _check_batch("icld_loss", x_e, x_s, emotion, speaker)
+    pos_mask, neg_mask = speaker_emotion_pairs(emotion, speaker)
+
+    cos_s = _cosine_matrix(x_s)
+    cos_pos = _cosine_matrix(x_e) if pos_space == "emotion" else cos_s
+    pos = _masked_mean((1.0 - cos_pos) ** 2, pos_mask)
+
+    gap = cos_s - margin if hinge == "text" else margin - cos_s
+    neg = _masked_mean(F.relu(gap) ** 2, neg_mask)
+    return {"pos": pos, "neg": neg, "total": pos + neg}
+
+
+def masked_contrastive_loss(
+    anchors: Tensor,
+    contrast: Tensor,
+    pos_mask: Tensor,
+    valid_mask: Tensor,
+    temperature: float = 0.07,
+    *,
+    normalize: bool = True,
+) -> Tensor:
+    """The one masked SupCon-style log-softmax behind SupCon, the label-anchored and cluster losses.
+
+    For anchor ``i`` with contrast set ``A(i) = {a : valid_mask[i, a]}`` and positives
+    ``P(i) = {p : pos_mask[i, p] and valid_mask[i, p]}``::
+
+        log p(i, p) = u_i.v_p / tau - log sum_{a in A(i)} exp(u_i.v_a / tau)
+        l_i = -1/|P(i)| sum_{p in P(i)} log p(i, p)
+        L   = 1/|I| sum_{i in I} l_i,      I = {i : |P(i)| >= 1}
+
+    (Khosla et al. 2020, ``L^sup_out``). ``u``/``v`` are the anchors / contrast vectors,
+    L2-normalised here when ``normalize=True``. The log-softmax subtracts each row's maximum
+    over ``A(i)`` (detached) before exponentiating, so small temperatures do not overflow.
+    Anchors without a positive are left out of the mean; if no anchor has one the result is a
+    0 connected to the inputs.
+
+    Args:
+        anchors: ``[B, E]`` anchor vectors ``u``.
+        contrast: ``[N, E]`` contrast vectors ``v`` (for SupCon the batch itself, ``N = B``).
+        pos_mask: ``[B, N]`` bool, ``True`` where ``v_p`` is a positive of ``u_i``.
+        valid_mask: ``[B, N]`` bool, ``True`` where ``v_a`` belongs to ``A(i)`` (the denominator);
+            put ``False`` on the anchor itself when anchors and contrast are the same vectors.
+        temperature: ``tau > 0``.
+        normalize: L2-normalise ``anchors`` and ``contrast`` first (default).
+    Returns: scalar tensor.
+    """
+    if temperature <= 0:
+        raise HcldError(f"masked_contrastive_loss: temperature={temperature} must be > 0")
+    expected = (anchors.shape[0], contrast.shape[0])
+    if tuple(pos_mask.shape) != expected or tuple(valid_mask.shape) != expected:
+        raise HcldError(
+            f"masked_contrastive_loss: masks must be [B, N] = {list(expected)}, got pos_mask "
+            f"{list(pos_mask.shape)} and valid_mask {list(valid_mask.shape)}"
+        )
+    if normalize:
+        anchors = F.normalize(anchors, dim=-1)
+        contrast = F.normalize(contrast, dim=-1)
+    valid = valid_mask.bool()
+    pos = pos_mask.bool() & valid
+    logits = (anchors / temperature) @ contrast.T  # [B, N]; 1/tau folded into the [B, E] side
+
+    row_max = logits.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
+    shifted = logits - row_max  # finite everywhere
+    # exp of -inf is 0: entries outside A(i) vanish from the denominator without 0 * inf
+    denom = torch.exp(shifted.masked_fill(~valid, float("-inf"))).sum(dim=1, keepdim=True)
+    has_valid = valid.any(dim=1, keepdim=True)
+    log_prob = shifted - torch.log(torch.where(has_valid, denom, torch.ones_like(denom)))
+
+    n_pos = pos.sum(dim=1)  # [B]
+    sum_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    per_anchor = -sum_log_prob_pos / n_pos.clamp_min(1).to(log_prob.dtype)
+    return _masked_mean(per_anchor, n_pos > 0)
+
+
+def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, ``L^sup_out``) on ``z [B, E]``.
+
+    ::
+
+        z_i <- z_i / ||z_i||,   A(i) = {a != i},   P(i) = {p != i : y_p = y_i}
+        log p(i, p) = z_i.z_p / tau - log sum_{a in A(i)} exp(z_i.z_a / tau)
+        L = 1/|I| sum_{i in I} -1/|P(i)| sum_{p in P(i)} log p(i, p)
+
+    over the anchors ``I`` that have at least one positive (see :func:`masked_contrastive_loss`).
+    HCLD applies it to X_e with emotion labels (default) or X_s with speaker labels (SPEC §1.1).
+
+    Args: z ``[B, E]``, labels ``[B]`` integers, temperature ``tau``. Returns: scalar tensor.
+    """
+    _check_batch("supcon_loss", z, labels)
+    not_self = ~torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    return masked_contrastive_loss(z, z, same & not_self, not_self, temperature)
+
+
+def label_anchored_loss(
+    label_emb: Tensor,
+    x_e: Tensor,
+    emotion: Tensor,
+    temperature: float = 0.07,
+    include_self: bool = False,
+) -> Tensor:
+    """Label-anchored contrastive loss (LCL, SPEC §1 step 5): the label text pulls its samples.
+
+    Anchor ``i`` is ``Ê_i``, the (projected, L2-normalised) embedding of sample ``i``'s emotion
+    label word; the contrast set is the batch's L2-normalised ``X̂_e``::
+
+        A(i) = {a != i}  (include_self=False, as printed)   or  {all a}  (include_self=True)
+        P(i) = {p in A(i) : e_p = e_i}
+        log p(i, p) = Ê_i.X̂_e_p / tau - log sum_{a in A(i)} exp(Ê_i.X̂_e_a / tau)
+        L = 1/|I| sum_{i in I} -1/|P(i)| sum_{p in P(i)} log p(i, p)
+
+    With ``include_self=True`` sample ``i`` is both in the denominator and a positive of its own
+    label anchor, so every anchor has a positive.
+
+    Args:
+        label_emb: ``[B, E]`` label embeddings already projected to the emotion-embedding size
+            (e.g. :class:`hcld_lib.label_embeddings.LabelAnchors` of the batch's emotions).
+        x_e: ``[B, E]`` emotion embeddings; emotion: ``[B]`` integer labels.
+    Returns: scalar tensor.
+    """
+    _check_batch("label_anchored_loss", label_emb, x_e, emotion)
+    if label_emb.shape[1] != x_e.shape[1]:
+        raise HcldError(
+            f"label_anchored_loss: label_emb has {label_emb.shape[1]} dims and x_e "
+            f"{x_e.shape[1]}; project the label embeddings to the emotion-embedding size"
+        )
+    b = x_e.shape[0]
+    if include_self:
+        valid = torch.ones(b, b, dtype=torch.bool, device=x_e.device)
+    else:
+        valid = ~torch.eye(b, dtype=torch.bool, device=x_e.device)
+    same = emotion.unsqueeze(0) == emotion.unsqueeze(1)
+    return masked_contrastive_loss(label_emb, x_e, same & valid, valid, temperature)
+
+
+def orthogonality_loss(x_e: Tensor, x_s: Tensor, eps: float = 1e-5) -> Tensor:
+    """Orthogonality penalty of the "orth" baseline: ``||Ẑ_eᵀ Ẑ_s||_F² / B``.
+
+    ``Ẑ = (X - mean_B(X)) / sqrt(var_B(X) + eps)`` per dimension over the batch (biased
+    variance, as batch normalisation), for ``x_e [B, E_e]`` and ``x_s [B, E_s]``; the two sizes
+    may differ. Entry ``(k, l)`` of ``Ẑ_eᵀ Ẑ_s`` is ``B`` times the correlation of dimension ``k``
+    of X_e with dimension ``l`` of X_s, so the penalty is ``B * sum_kl corr_kl²``: 0 when every
+    dimension pair is uncorrelated over the batch, about ``E_e * E_s`` for independent random
+    embeddings, growing with ``B`` for dependent ones. A dimension-agnostic form of the penalty
+    of Wang et al., ICASSP 2022 (keyword spotting + speaker verification), which the paper cites.
+
+    Returns: scalar tensor (0 with gradient for ``B = 1``).
+    """
+    _check_batch("orthogonality_loss", x_e, x_s)
+
+    def standardise(x: Tensor) -> Tensor:
+        centred = x - x.mean(dim=0, keepdim=True)
+        return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
+
+    cross = standardise(x_e).T @ standardise(x_s)  # [E_e, E_s]
+    return cross.pow(2).sum() / x_e.shape[0]

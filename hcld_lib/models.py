@@ -1,0 +1,384 @@
+"""Temporal encoders and the two-branch HCLD model (SPEC §1, steps 2-3).
+
+Every encoder maps frame features ``x [B, T, D]`` with valid lengths ``lengths [B]`` to one
+utterance embedding ``[B, embed_dim]``. Padding never changes the result:
+
+* ``cnn``: the padded frames are set to zero before every convolution (so a valid frame near the
+  end sees exactly the zeros that the convolution's own zero padding would give it) and the
+  pooling is masked;
+* ``lstm``: a bidirectional LSTM over ``pack_padded_sequence``, so the backward direction starts
+  at the last *valid* frame;
+* ``transformer``: sinusoidal positions and ``src_key_padding_mask``; nested tensors are turned
+  off, and both the fast (inference) path and the regular path give the same embedding.
+
+Pooling is a masked mean (default) or a masked attentive pooling (one learned score per frame,
+softmax over the valid frames only). After pooling, dropout and a linear map give the embedding.
+
+:class:`DualBranchModel` holds an emotion encoder and, unless ``speaker_branch=False``
+(the EMO-only baseline), a speaker encoder, each with its linear classification head. With
+several SSL layers in the input (``[B, L, T, D]``) each branch first takes its own learnable
+softmax-weighted sum of the layers (:class:`LayerWeightedSum`, as in SUPERB), because emotion
+and speaker information peak at different depths of SSL models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from hcld_lib.io import HcldError
+
+ENCODER_ARCHS: tuple[str, ...] = ("cnn", "lstm", "transformer")
+POOLINGS: tuple[str, ...] = ("mean", "attention")
+
+
+def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """Valid-frame mask ``[B, max_len]`` (True = valid) from ``lengths [B]``.
+
+    Raises :class:`HcldError` when a length is < 1 or > ``max_len`` (an empty utterance has no
+    embedding; a length beyond the padded size means features and lengths do not match).
+    """
+    lengths = lengths.to(torch.long)
+    if lengths.dim() != 1:
+        raise HcldError(f"lengths must be 1-D [B], got shape {tuple(lengths.shape)}")
+    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > max_len):
+        raise HcldError(
+            f"lengths must lie in [1, {max_len}] (the padded number of frames), got min "
+            f"{int(lengths.min())} and max {int(lengths.max())}; check the feature cache lengths"
+        )
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps.unsqueeze(0) < lengths.to(steps.device).unsqueeze(1)
+
+
+def sinusoidal_positions(n_positions: int, dim: int, device=None, dtype=None) -> Tensor:
+    """Fixed sinusoidal position encodings ``[n_positions, dim]`` (Vaswani et al. 2017).
+
+    ``P[t, 2k] = sin(t / 10000^(2k/dim))``, ``P[t, 2k+1] = cos(t / 10000^(2k/dim))``.
+    """
+    position = torch.arange(n_positions, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim)
+    )
+    pe = torch.zeros(n_positions, dim, dtype=torch.float32, device=device)
+    pe[:, 0::2] = torch.sin(position * freq)
+    pe[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return pe.to(dtype) if dtype is not None else pe
+
+
+class MaskedPooling(nn.Module):
+    """Pool frames ``h [B, T, C]`` over the valid frames ``mask [B, T]`` -> ``[B, C]``.
+
+    ``"mean"``: ``sum_t m_t h_t / sum_t m_t``.
+    ``"attention"``: ``a = softmax_{t: m_t}(w^T h_t + b)``, output ``sum_t a_t h_t``
+    (padded frames get weight exactly 0).
+    """
+
+    def __init__(self, channels: int, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in POOLINGS:
+            raise HcldError(f"pooling={mode!r} is not one of {POOLINGS}")
+        self.mode = mode
+        self.score = nn.Linear(channels, 1) if mode == "attention" else None
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1).to(h.dtype)  # [B, T, 1]
+        if self.score is None:
+            return (h * m).sum(1) / m.sum(1)
+        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))  # [B, T]
+        weights = torch.softmax(scores, dim=1).unsqueeze(-1)
+        # padded frames may hold anything: zero them so 0 * value is never 0 * inf
+        return (weights * h.masked_fill(~mask.unsqueeze(-1), 0.0)).sum(1)
+
+
+class TemporalEncoder(nn.Module):
+    """Base class: ``forward(x [B, T, D], lengths [B]) -> [B, embed_dim]``.
+
+    Subclasses implement :meth:`frames` (frame-level features ``[B, T, C]`` that are exact on
+    the valid frames whatever the padding holds); pooling and the output projection are shared.
+    """
+
+    arch: str = ""
+
+    def __init__(
+        self, input_dim: int, embed_dim: int, out_channels: int, dropout: float, pooling: str
+    ) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.embed_dim = embed_dim
+        self.pool = MaskedPooling(out_channels, pooling)
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(out_channels, embed_dim)
+
+    def frames(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """``x [B, T, D]`` float, ``lengths [B]`` long (valid frames) -> ``[B, embed_dim]``."""
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise HcldError(
+                f"{type(self).__name__} expects x of shape [B, T, {self.input_dim}], "
+                f"got {tuple(x.shape)}"
+            )
+        if lengths.shape[0] != x.shape[0]:
+            raise HcldError(f"lengths has {lengths.shape[0]} entries for a batch of {x.shape[0]}")
+        mask = lengths_to_mask(lengths, x.shape[1]).to(x.device)
+        h = self.frames(x, mask, lengths)
+        return self.proj(self.dropout(self.pool(h, mask)))
+
+
+class CNNEncoder(TemporalEncoder):
+    """``n_layers`` x [zero padding frames -> Conv1d(k, same) -> LayerNorm -> ReLU -> Dropout].
+
+    LayerNorm normalises each frame over channels (not over the batch or time), so it never mixes
+    padded and valid frames.
+    """
+
+    arch = "cnn"
+
+    def __init__(
+        self,
+        input_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        kernel_size: int = 5,
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__(input_dim, embed_dim, hidden_dim, dropout, pooling)
+        if kernel_size % 2 != 1:
+            raise HcldError(f"kernel_size={kernel_size} must be odd (same-length convolutions)")
+        dims = [input_dim] + [hidden_dim] * n_layers
+        self.convs = nn.ModuleList(
+            nn.Conv1d(dims[i], dims[i + 1], kernel_size, padding=kernel_size // 2)
+            for i in range(n_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(n_layers))
+        self.frame_dropout = nn.Dropout(dropout)
+
+    def frames(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        keep = mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        h = x
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = conv((h * keep).transpose(1, 2)).transpose(1, 2)  # [B, T, C]
+            h = self.frame_dropout(F.relu(norm(h)))
+        return h
+
+
+class BLSTMEncoder(TemporalEncoder):
+    """Bidirectional LSTM (``hidden_dim`` per direction) over packed sequences -> ``2*hidden``."""
+
+    arch = "lstm"
+
+    def __init__(
+        self,
+        input_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__(input_dim, embed_dim, 2 * hidden_dim, dropout, pooling)
+        self.lstm = nn.LSTM(
+            input_dim,
+            hidden_dim,
+            num_layers=n_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if n_layers > 1 else 0.0,
+        )
+
+    def frames(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        packed = pack_padded_sequence(
+            x, lengths.to("cpu", torch.long), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        h, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return h
+
+
+class TransformerEncoder(TemporalEncoder):
+    """Linear(D -> hidden) + sinusoidal positions -> pre-LN Transformer encoder -> LayerNorm.
+
+    Padded frames are excluded as keys with ``src_key_padding_mask``. ``enable_nested_tensor``
+    is off: with it, PyTorch may drop padded positions in inference and take a different kernel
+    path than in training; the output on valid frames is the same either way (tested).
+    """
+
+    arch = "transformer"
+
+    def __init__(
+        self,
+        input_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        n_heads: int = 4,
+        ff_dim: int | None = None,
+        pooling: str = "mean",
+    ) -> None:
+        super().__init__(input_dim, embed_dim, hidden_dim, dropout, pooling)
+        if hidden_dim % n_heads != 0 or hidden_dim % 2 != 0:
+            raise HcldError(
+                f"transformer hidden_dim={hidden_dim} must be even and divisible by "
+                f"n_heads={n_heads}"
+            )
+        self.input_proj = nn.Linear(input_dim, hidden_dim)
+        self.input_dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden_dim,
+            n_heads,
+            dim_feedforward=ff_dim or 4 * hidden_dim,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer,
+            n_layers,
+            norm=nn.LayerNorm(hidden_dim),
+            enable_nested_tensor=False,
+        )
+
+    def frames(self, x: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        h = self.input_proj(x)
+        h = h + sinusoidal_positions(x.shape[1], h.shape[-1], device=h.device, dtype=h.dtype)
+        return self.encoder(self.input_dropout(h), src_key_padding_mask=~mask)
+
+
+def build_encoder(
+    arch: str,
+    input_dim: int,
+    embed_dim: int = 256,
+    hidden_dim: int = 256,
+    n_layers: int = 2,
+    dropout: float = 0.1,
+    n_heads: int = 4,
+    pooling: str = "mean",
+) -> TemporalEncoder:
+    """A temporal encoder ``[B, T, input_dim] -> [B, embed_dim]`` by name.
+
+    ``arch``: ``"cnn"`` (1-D convolutions, kernel 5), ``"lstm"`` (bidirectional, ``hidden_dim``
+    per direction) or ``"transformer"`` (``n_heads`` heads, feed-forward ``4 * hidden_dim``);
+    ``n_layers`` layers of width ``hidden_dim`` each; ``pooling`` = ``"mean"`` | ``"attention"``.
+    """
+    if arch == "cnn":
+        return CNNEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout, pooling=pooling)
+    if arch == "lstm":
+        return BLSTMEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout, pooling=pooling)
+    if arch == "transformer":
+        return TransformerEncoder(
+            input_dim, embed_dim, hidden_dim, n_layers, dropout, n_heads, pooling=pooling
+        )
+    raise HcldError(f"unknown encoder arch {arch!r}; choose one of {ENCODER_ARCHS}")
+
+
+class LayerWeightedSum(nn.Module):
+    """SUPERB-style learnable layer mix: ``[B, L, T, D] -> [B, T, D]``.
+
+    ``y = sum_l softmax(w)_l x_l`` with ``w`` initialised to zeros (an equal-weight average).
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise HcldError(f"LayerWeightedSum needs n_layers >= 1, got {n_layers}")
+        self.n_layers = n_layers
+        self.weights = nn.Parameter(torch.zeros(n_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.n_layers:
+            raise HcldError(
+                f"LayerWeightedSum expects [B, {self.n_layers}, T, D], got {tuple(x.shape)}"
+            )
+        w = torch.softmax(self.weights, dim=0).to(x.dtype)
+        return torch.einsum("bltd,l->btd", x, w)
+
+
+class DualBranchModel(nn.Module):
+    """Emotion branch (+ optional speaker branch), each a :class:`TemporalEncoder` + linear head.
+
+    ``forward(x, lengths)`` with ``x [B, T, D]`` (or ``[B, L, T, D]`` when ``n_layers_in > 1``)
+    and ``lengths [B]`` returns a dict:
+
+    * ``x_e`` ``[B, embed_dim]``: emotion embedding X_e,
+    * ``x_s`` ``[B, embed_dim]`` or ``None``: speaker embedding X_s,
+    * ``emotion_logits`` ``[B, n_emotions]``,
+    * ``speaker_logits`` ``[B, n_speakers]`` or ``None``.
+
+    ``speaker_arch=None`` uses ``emotion_arch``. ``speaker_branch=False`` is the EMO-only model.
+    ``model.emotion_encoder`` is the emotion :class:`TemporalEncoder` (pretrained weights for it
+    load with ``model.emotion_encoder.load_state_dict``).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        n_emotions: int,
+        n_speakers: int,
+        emotion_arch: str = "cnn",
+        speaker_arch: str | None = None,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.1,
+        n_heads: int = 4,
+        pooling: str = "mean",
+        n_layers_in: int = 1,
+        speaker_branch: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_emotions < 2:
+            raise HcldError(f"n_emotions={n_emotions}: a classifier needs at least 2 classes")
+        if speaker_branch and n_speakers < 1:
+            raise HcldError(f"n_speakers={n_speakers} with speaker_branch=True; need >= 1")
+        self.n_layers_in = n_layers_in
+        self.speaker_branch = speaker_branch
+        kw = dict(
+            input_dim=input_dim,
+            embed_dim=embed_dim,
+            hidden_dim=hidden_dim,
+            n_layers=n_layers,
+            dropout=dropout,
+            n_heads=n_heads,
+            pooling=pooling,
+        )
+        self.emotion_layers = LayerWeightedSum(n_layers_in) if n_layers_in > 1 else None
+        self.emotion_encoder = build_encoder(emotion_arch, **kw)
+        self.emotion_head = nn.Linear(embed_dim, n_emotions)
+        self.speaker_layers: LayerWeightedSum | None = None
+        self.speaker_encoder: TemporalEncoder | None = None
+        self.speaker_head: nn.Linear | None = None
+        if speaker_branch:
+            self.speaker_layers = LayerWeightedSum(n_layers_in) if n_layers_in > 1 else None
+            self.speaker_encoder = build_encoder(speaker_arch or emotion_arch, **kw)
+            self.speaker_head = nn.Linear(embed_dim, n_speakers)
+
+    def _input(self, x: Tensor, mix: LayerWeightedSum | None) -> Tensor:
+        return x if mix is None else mix(x)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor | None]:
+        want = 4 if self.n_layers_in > 1 else 3
+        if x.dim() != want:
+            raise HcldError(
+                f"DualBranchModel(n_layers_in={self.n_layers_in}) expects a {want}-D input, "
+                f"got shape {tuple(x.shape)}"
+            )
+        x_e = self.emotion_encoder(self._input(x, self.emotion_layers), lengths)
+        out: dict[str, Tensor | None] = {
+            "x_e": x_e,
+            "x_s": None,
+            "emotion_logits": self.emotion_head(x_e),
+            "speaker_logits": None,
+        }
+        if self.speaker_encoder is not None and self.speaker_head is not None:
+            x_s = self.speaker_encoder(self._input(x, self.speaker_layers), lengths)
+            out["x_s"] = x_s
+            out["speaker_logits"] = self.speaker_head(x_s)
+        return out
