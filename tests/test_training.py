@@ -1,0 +1,251 @@
+"""Training runs end to end on a tiny synthetic corpus: learning, variants, resumption, outputs."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hcld_lib.config import VARIANTS, RunConfig
+from hcld_lib.io import HcldError
+from hcld_lib.training import (
+    embed,
+    label_budget_subset,
+    pool_frames,
+    sampler_needs,
+    train_run,
+)
+
+TINY = dict(
+    embed_dim=16,
+    hidden_dim=16,
+    n_layers=1,
+    frame_stride=4,
+    batch_size=16,
+    lr=3e-3,
+    warmup_epochs=1,
+    text_encoder="learned",  # the MiniLM path is tested in test_label_embeddings
+    val_fraction=0.2,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; one thread avoids oversubscription when
+    other processes share the two cores. Restored after this module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    from hcld_lib.features import extract_features
+    from hcld_lib.synthetic import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    table = synthesize_corpus(root / "corpus", n_utterances=120, seed=0, emotion_strength=1.0)
+    cache = extract_features(table, "fbank", root / "cache", max_seconds=3.0, progress=False)
+    return str(cache.path)
+
+
+def _config(cache_path, out_dir, variant="hcld", **kw):
+    return RunConfig.for_variant(variant, features=cache_path, out_dir=str(out_dir),
+                                 **{**TINY, **kw})
+
+
+def _result(metrics):
+    """The parts of metrics.json that must repeat exactly (not the timing)."""
+    keep = ("selected_epoch", "val", "test", "speaker_test", "best_on_test", "n_train")
+    return {k: metrics[k] for k in keep}
+
+
+@pytest.fixture(scope="module")
+def emo_only_run(cache_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    config = _config(cache_path, out, "emo_only", epochs=6)
+    return config, train_run(config)
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def test_pool_frames_averages_valid_frames_only():
+    x = np.arange(1, 8, dtype=np.float32)[:, None].repeat(2, axis=1)  # frames 1..7, D = 2
+    x[5:] = 99.0  # padding: length 5
+    pooled, length = pool_frames(x, 5, 2)
+    # windows (1,2) (3,4) (5) (pad) -> 1.5, 3.5, 5, 0; ceil(5 / 2) = 3 valid
+    np.testing.assert_allclose(pooled[:, 0], [1.5, 3.5, 5.0, 0.0])
+    assert length == 3
+    same, n = pool_frames(x, 5, 1)
+    assert n == 5 and np.all(same[5:] == 0)
+    layers, n = pool_frames(np.stack([x, 2 * x]), 5, 2)  # [L, T, D] (layer="all" caches)
+    assert layers.shape == (2, 4, 2) and n == 3
+    np.testing.assert_allclose(layers[1, :, 1], [3.0, 7.0, 10.0, 0.0])
+
+
+def test_label_budget_subset_is_stratified_seeded_and_keeps_classes():
+    rows = np.arange(100)
+    emotion = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    sub = label_budget_subset(rows, emotion, 0.1, seed=0)
+    assert np.bincount(emotion[sub]).tolist() == [6, 3, 1]
+    assert np.array_equal(sub, label_budget_subset(rows, emotion, 0.1, seed=0))
+    assert not np.array_equal(sub, label_budget_subset(rows, emotion, 0.1, seed=1))
+    assert np.bincount(emotion[label_budget_subset(rows, emotion, 0.01, 0)]).tolist() == [1, 1, 1]
+    assert np.array_equal(label_budget_subset(rows, emotion, 1.0, 0), rows)
+
+
+def test_sampler_needs_follow_the_loss_weights():
+    assert sampler_needs(RunConfig.for_variant("emo_only")) == ()
+    assert sampler_needs(RunConfig.for_variant("orth")) == ()
+    assert sampler_needs(RunConfig.for_variant("hcld")) == ("emotion", "speaker_emotion")
+    assert sampler_needs(RunConfig.for_variant("hcld_wo_lcl", supcon_space="speaker")) == (
+        "speaker", "speaker_emotion")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_short_training_learns_and_writes_its_files(emo_only_run):
+    config, metrics = emo_only_run
+    run_dir = config.out_dir + "/" + config.resolved_run_name
+    history = pd.read_csv(f"{run_dir}/history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    # 4 classes: chance UA = 0.25
+    assert metrics["test"]["emotion"]["ua"] > 0.4
+    assert metrics["val"]["emotion"]["ua"] == pytest.approx(history["val_emotion_ua"].max())
+    sel = metrics["selected_epoch"]
+    first_best = int(history["val_emotion_ua"].to_numpy().argmax()) + 1
+    assert sel == first_best  # ties -> earlier epoch
+    assert metrics["test"]["emotion"]["ua"] == pytest.approx(
+        history.loc[sel - 1, "test_emotion_ua"])
+    assert metrics["best_on_test"]["emotion_ua"] == pytest.approx(history["test_emotion_ua"].max())
+    assert "optimistic" in metrics["best_on_test"]["note"]
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 120
+    assert json.loads(open(f"{run_dir}/metrics.json").read())["selected_epoch"] == sel
+    assert not Path(run_dir, "checkpoint.pt").exists()
+
+
+def test_emo_only_saves_no_speaker_embeddings_and_embed_reproduces_them(emo_only_run,
+                                                                        cache_path):
+    from hcld_lib.features import open_cache
+
+    config, metrics = emo_only_run
+    run_dir = f"{config.out_dir}/{config.resolved_run_name}"
+    with np.load(f"{run_dir}/embeddings.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert "x_s" not in arrays
+    assert arrays["x_e"].shape == (metrics["n_test"], 16)
+    assert arrays["x_e"].dtype == np.float32
+    assert set(arrays["split"]) == {"test"}
+    assert metrics["test"]["speaker"] is None
+    cache = open_cache(cache_path)
+    again = embed(run_dir, cache, list(arrays["utterance_id"]))
+    assert again["x_s"] is None
+    np.testing.assert_allclose(again["x_e"], arrays["x_e"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_runs_one_epoch_with_finite_losses(variant, cache_path, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sampler may warn about speakers with one emotion
+        metrics = train_run(_config(cache_path, tmp_path, variant, epochs=1))
+    history = pd.read_csv(tmp_path / metrics["run_name"] / "history.csv")
+    config = RunConfig.for_variant(variant)
+    used = {
+        "loss_ce_emotion": config.w_task_emotion, "loss_ce_speaker": config.w_task_speaker,
+        "loss_icld": config.w_cld, "loss_supcon": config.w_supcon,
+        "loss_label": config.w_label, "loss_orth": config.w_orth,
+    }
+    for column, weight in used.items():
+        value = history.loc[0, column]
+        assert math.isfinite(value) if weight > 0 else math.isnan(value), column
+    assert math.isfinite(history.loc[0, "loss"])
+    with np.load(tmp_path / metrics["run_name"] / "embeddings.npz") as z:
+        assert ("x_s" in z.files) == config.speaker_branch
+
+
+def test_loso_reports_speakers_on_speaker_test(cache_path, tmp_path):
+    metrics = train_run(_config(cache_path, tmp_path, "hcld", epochs=1, protocol="loso",
+                                n_folds=5, fold=1))
+    assert metrics["test"]["speaker"] is None  # test speakers are unseen in training
+    assert metrics["speaker_test"]["speaker"]["n"] == metrics["n_speaker_test"] > 0
+    with np.load(tmp_path / metrics["run_name"] / "embeddings.npz") as z:
+        assert {"spk_x_e", "spk_x_s", "spk_speaker", "spk_utterance_id"} <= set(z.files)
+        assert set(z["spk_split"]) == {"speaker_test"}
+        test_speakers, train_speakers = set(z["speaker"]), set(z["spk_speaker"])
+    assert not test_speakers & train_speakers
+
+
+def test_killed_run_resumes_to_exactly_the_same_metrics(cache_path, tmp_path):
+    whole = train_run(_config(cache_path, tmp_path / "a", epochs=3))
+    again = train_run(_config(cache_path, tmp_path / "b", epochs=3))
+    assert _result(again) == _result(whole)  # seeded: the same run twice
+
+    def kill_after_one(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    config = _config(cache_path, tmp_path / "c", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config, on_epoch_end=kill_after_one)
+    run_dir = tmp_path / "c" / config.resolved_run_name
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "metrics.json").exists()
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
+    seen = []
+    resumed = train_run(config, on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [2, 3]
+    assert _result(resumed) == _result(whole)
+    assert not (run_dir / "checkpoint.pt").exists()
+    h_whole = pd.read_csv(tmp_path / "a" / config.resolved_run_name / "history.csv")
+    h_resumed = pd.read_csv(run_dir / "history.csv")
+    pd.testing.assert_frame_equal(h_whole.drop(columns="seconds"),
+                                  h_resumed.drop(columns="seconds"))
+
+
+def test_finished_run_is_skipped(emo_only_run, monkeypatch):
+    import hcld_lib.features
+
+    config, metrics = emo_only_run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not open the cache again")
+
+    monkeypatch.setattr(hcld_lib.features, "open_cache", no_training)
+    assert train_run(config) == metrics
+
+
+def test_bad_init_emotion_encoder_names_the_file(cache_path, tmp_path):
+    garbage = tmp_path / "encoder.pt"
+    garbage.write_bytes(b"not a state dict")
+    with pytest.raises(HcldError, match="encoder.pt"):
+        train_run(_config(cache_path, tmp_path / "r1", epochs=1, init_emotion_encoder=str(garbage)))
+    wrong = tmp_path / "wrong_shape.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(HcldError, match="wrong_shape.pt"):
+        train_run(_config(cache_path, tmp_path / "r2", epochs=1, init_emotion_encoder=str(wrong)))
+    with pytest.raises(HcldError, match="missing.pt"):
+        train_run(_config(cache_path, tmp_path / "r3", epochs=1,
+                          init_emotion_encoder=str(tmp_path / "missing.pt")))
+
+
+def test_init_emotion_encoder_loads_the_weights(emo_only_run, cache_path, tmp_path):
+    from hcld_lib.training import load_model
+
+    config, _ = emo_only_run
+    model, _ = load_model(f"{config.out_dir}/{config.resolved_run_name}")
+    path = tmp_path / "pretrained.pt"
+    torch.save(model.emotion_encoder.state_dict(), path)
+    metrics = train_run(_config(cache_path, tmp_path, "emo_only", epochs=1, lr=1e-12,
+                                warmup_epochs=0, dropout=0.0, init_emotion_encoder=str(path)))
+    loaded, _ = load_model(tmp_path / metrics["run_name"])
+    trained = dict(loaded.emotion_encoder.named_parameters())
+    for key, value in model.emotion_encoder.named_parameters():  # (buffers: BatchNorm stats move)
+        torch.testing.assert_close(trained[key], value, rtol=1e-6, atol=1e-6)
