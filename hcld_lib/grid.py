@@ -1,0 +1,450 @@
+"""The ablation grid (variants x architectures x folds) and the paper's Table II beside ours.
+
+:func:`run_grid` trains every cell through :func:`hcld_lib.training.train_run`, which skips a run
+whose ``metrics.json`` exists: a grid stopped half-way resumes where it stopped, and a crash loses
+only the run in flight. :func:`collect_results` reads every ``metrics.json`` under a folder,
+:func:`summary_table` gives mean ± std over folds per variant x architecture in the layout of the
+paper's Table II, and :func:`side_by_side` puts the paper's numbers (:data:`PAPER_TABLE`) beside
+ours, naming the protocol, profile, corpus and backbone. Accuracies here are in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hcld_lib.config import ARCHS, PAPER_VARIANTS, VARIANTS, RunConfig
+from hcld_lib.io import HcldError, atomic_write_text
+
+#: The four numbers of a cell, in percent: emotion WA/UA on the test part, speaker WA/UA on the
+#: speaker-test part (= the test part under the paper protocol).
+METRICS: tuple[str, ...] = ("emo_wa", "emo_ua", "spk_wa", "spk_ua")
+
+_nan = float("nan")
+
+#: The paper's Table II (SPEC §1.2; IEMOCAP, frozen HuBERT-base, random 80/20 split), percent.
+#: EMO-only has no speaker branch, so no speaker numbers.
+PAPER_TABLE: pd.DataFrame = pd.DataFrame(
+    [
+        ("emo_only", "cnn", 70.84, 71.61, _nan, _nan),
+        ("emo_only", "lstm", 70.13, 70.95, _nan, _nan),
+        ("emo_only", "transformer", 68.03, 68.73, _nan, _nan),
+        ("orth", "cnn", 73.35, 74.04, 74.04, 74.83),
+        ("orth", "lstm", 74.44, 75.24, 78.67, 78.48),
+        ("orth", "transformer", 70.67, 71.50, 81.66, 81.52),
+        ("hcld_wo_supcon", "cnn", 74.35, 74.80, 81.57, 81.47),
+        ("hcld_wo_supcon", "lstm", 75.16, 75.71, 80.94, 80.77),
+        ("hcld_wo_supcon", "transformer", 71.18, 72.02, 81.84, 81.69),
+        ("hcld_wo_lcl", "cnn", 75.88, 76.51, 84.46, 84.27),
+        ("hcld_wo_lcl", "lstm", 75.43, 75.78, 77.60, 77.69),
+        ("hcld_wo_lcl", "transformer", 72.99, 73.62, 81.84, 81.72),
+        ("hcld", "cnn", 75.52, 76.08, 75.70, 75.90),
+        ("hcld", "lstm", 75.70, 75.90, 78.95, 79.00),
+        ("hcld", "transformer", 73.80, 74.59, 83.02, 82.72),
+    ],
+    columns=["variant", "arch", *METRICS],
+)
+
+#: What the printed table holds that is not a variant.
+PAPER_NOTES: tuple[str, ...] = (
+    "The printed Table II also has an unlabelled extra CNN row: emotion 75.03 / 74.27, "
+    "speaker 74.98 / 75.01 (WA / UA); it names no variant and is not compared here.",
+    "Paper numbers: IEMOCAP 4-class, frozen HuBERT-base, random 80/20 split (speakers shared "
+    "between train and test), model-selection epoch not stated.",
+)
+
+PAPER_SETTING = "IEMOCAP / hubert_base / random 80-20"
+
+
+# --- running ----------------------------------------------------------------------------------
+
+#: Fields any variant sets: reset to RunConfig's defaults before a variant's overrides apply,
+#: so that a base built from one variant does not leak its switches into another.
+_VARIANT_FIELDS: frozenset[str] = frozenset(k for v in VARIANTS.values() for k in v)
+
+
+def grid_config(
+    base: RunConfig, variant: str, arch: str, fold: int, out_dir: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The config of one grid cell: ``base`` with ``variant``'s switches, ``arch`` for both
+    branches, ``fold`` and ``out_dir``; ``overrides`` last."""
+    if variant not in VARIANTS:
+        raise HcldError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    if arch not in ARCHS:
+        raise HcldError(f"unknown architecture {arch!r}; choose from {ARCHS}")
+    defaults = RunConfig()
+    fields = base.to_dict()
+    for name in _VARIANT_FIELDS:
+        fields[name] = getattr(defaults, name)
+    fields.update(VARIANTS[variant])
+    fields.update(
+        variant=variant, emotion_arch=arch, speaker_arch=None, fold=int(fold),
+        out_dir=str(out_dir), run_name=None, **(overrides or {}),
+    )
+    return RunConfig(**fields)
+
+
+def _fold_list(folds: int | Iterable[int], n_folds: int) -> list[int]:
+    out = list(range(folds)) if isinstance(folds, int | np.integer) else [int(f) for f in folds]
+    bad = [f for f in out if not 0 <= f < n_folds]
+    if bad:
+        raise HcldError(
+            f"folds {bad} are outside 0..{n_folds - 1} (the config has n_folds={n_folds}); "
+            "ask for fewer folds or raise n_folds"
+        )
+    return out
+
+
+def run_grid(
+    base: RunConfig,
+    variants: Sequence[str] = PAPER_VARIANTS,
+    archs: Sequence[str] = ARCHS,
+    folds: int | Iterable[int] = 5,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Train every variant x architecture x fold and return one row per run.
+
+    Args:
+        base: shared settings (features cache, epochs, widths, protocol, n_folds, seed, ...).
+            Loss switches come from each variant (:data:`hcld_lib.config.VARIANTS`).
+        variants: variant names, e.g. :data:`hcld_lib.config.PAPER_VARIANTS`.
+        archs: architectures, each used for both branches (as in Table II).
+        folds: how many folds to run (the first ``folds``) or an explicit list of fold indices.
+        out_dir: runs folder (default ``base.out_dir``).
+        progress: print one line per run with its time and an estimate of the rest.
+        overrides: RunConfig fields applied to every run last.
+
+    Returns:
+        DataFrame, one row per run (see :func:`metrics_row`), in grid order. Runs already
+        finished (``metrics.json`` present) are not retrained: ``train_run`` returns their metrics.
+    """
+    from hcld_lib.training import train_run
+
+    out_dir = Path(out_dir if out_dir is not None else base.out_dir)
+    fold_list = _fold_list(folds, base.n_folds)
+    cells = [(v, a, f) for v in variants for a in archs for f in fold_list]
+    for v, a, f in cells[:1]:
+        grid_config(base, v, a, f, out_dir)  # fail on a bad name before any training
+    rows = []
+    start = time.perf_counter()
+    trained = 0
+    for i, (variant, arch, fold) in enumerate(cells, 1):
+        config = grid_config(base, variant, arch, fold, out_dir, overrides)
+        done = (out_dir / config.resolved_run_name / "metrics.json").is_file()
+        t0 = time.perf_counter()
+        try:
+            metrics = train_run(config)
+        except Exception as err:
+            err.add_note(f"hcld grid: run {config.resolved_run_name} ({i}/{len(cells)}) failed; "
+                         f"finished runs in {out_dir} are kept and skipped on the next call")
+            raise
+        rows.append(metrics_row(metrics, run_name=config.resolved_run_name))
+        if not done:
+            trained += 1
+        if progress:
+            took = time.perf_counter() - t0
+            elapsed = time.perf_counter() - start
+            rate = elapsed / max(trained, 1)
+            left = sum(
+                1 for c in cells[i:]
+                if not (out_dir / grid_config(base, *c, out_dir).resolved_run_name
+                        / "metrics.json").is_file()
+            )
+            status = "cached" if done else f"{took:5.1f} s"
+            print(f"[grid {i:>3}/{len(cells)}] {config.resolved_run_name:<48} {status}  "
+                  f"emo UA {rows[-1]['emo_ua']:5.1f}  (~{left * rate:.0f} s left)", flush=True)
+    return pd.DataFrame(rows)
+
+
+# --- collecting -------------------------------------------------------------------------------
+
+
+def _metric(block: Any, task: str, name: str) -> float:
+    """``block[task][name]`` or ``block[f"{task}_{name}"]``, as a percentage (NaN if absent)."""
+    if not isinstance(block, dict):
+        return _nan
+    value = block.get(task, {}).get(name) if isinstance(block.get(task), dict) else None
+    if value is None:
+        value = block.get(f"{task}_{name}")
+    return _nan if value is None else 100.0 * float(value)
+
+
+def metrics_row(metrics: dict[str, Any], run_name: str | None = None) -> dict[str, Any]:
+    """One flat row from a run's ``metrics.json`` dict.
+
+    Columns: ``run_name``, ``variant``, ``arch`` (``"cnn"`` or ``"cnn+lstm"`` when the branches
+    differ), ``emotion_arch``, ``speaker_arch``, ``protocol``, ``fold``, ``n_folds``, ``seed``,
+    ``epochs``, ``train_fraction``, ``selected_epoch``; test ``emo_wa``, ``emo_ua``, ``emo_f1``
+    and speaker-test ``spk_wa``, ``spk_ua`` (percent; NaN without a speaker head); ``val_emo_ua``;
+    ``profile`` when the run recorded it in ``config.extra``.
+    """
+    config = metrics.get("config", {})
+    emo_arch = config.get("emotion_arch")
+    spk_arch = config.get("speaker_arch") or emo_arch
+    arch = emo_arch if (spk_arch == emo_arch or not config.get("speaker_branch", True)) else (
+        f"{emo_arch}+{spk_arch}")
+    test = metrics.get("test", {})
+    spk_block = metrics.get("speaker_test") or test
+    return {
+        "run_name": run_name or config.get("run_name") or metrics.get("run_name"),
+        "variant": config.get("variant"),
+        "arch": arch,
+        "emotion_arch": emo_arch,
+        "speaker_arch": spk_arch,
+        "protocol": metrics.get("protocol", config.get("protocol")),
+        "fold": int(metrics.get("fold", config.get("fold", -1))),
+        "n_folds": config.get("n_folds"),
+        "seed": config.get("seed"),
+        "epochs": config.get("epochs"),
+        "train_fraction": config.get("train_fraction", 1.0),
+        "selected_epoch": metrics.get("selected_epoch"),
+        "emo_wa": _metric(test, "emotion", "wa"),
+        "emo_ua": _metric(test, "emotion", "ua"),
+        "emo_f1": _metric(test, "emotion", "f1"),
+        "spk_wa": _metric(spk_block, "speaker", "wa"),
+        "spk_ua": _metric(spk_block, "speaker", "ua"),
+        "val_emo_ua": _metric(metrics.get("val", {}), "emotion", "ua"),
+        "profile": (config.get("extra") or {}).get("profile"),
+    }
+
+
+def run_metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """One run's metrics as a small table (percent): rows = ``val``, ``test``, ``speaker_test``,
+    and the optimistic ``best_on_test`` emotion UA; columns = emotion / speaker WA and UA."""
+    rows = {}
+    for split in ("val", "test", "speaker_test"):
+        block = metrics.get(split) or {}
+        rows[split] = {
+            "emotion WA": _metric(block, "emotion", "wa"),
+            "emotion UA": _metric(block, "emotion", "ua"),
+            "speaker WA": _metric(block, "speaker", "wa"),
+            "speaker UA": _metric(block, "speaker", "ua"),
+            "n": block.get("n"),
+        }
+    best = metrics.get("best_on_test") or {}
+    if best.get("emotion_ua") is not None:
+        rows[f"test, best epoch on test ({best.get('epoch')}; optimistic)"] = {
+            "emotion UA": 100.0 * float(best["emotion_ua"]),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = f"split (selected epoch {metrics.get('selected_epoch')})"
+    return out
+
+
+def collect_results(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every finished run under ``out_dir`` (each ``*/metrics.json``), one row per run.
+
+    Runs in flight (no ``metrics.json`` yet) are ignored. Returns an empty frame with the
+    columns of :func:`metrics_row` when there is none.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    for path in sorted(out_dir.glob("*/metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise HcldError(
+                f"{path} is not valid JSON ({err}); delete it to rerun that run"
+            ) from err
+        rows.append(metrics_row(metrics, run_name=path.parent.name))
+    if not rows:
+        return pd.DataFrame(columns=list(metrics_row({}).keys()))
+    return pd.DataFrame(rows)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def _variant_order(present: Iterable[str]) -> list[str]:
+    present = list(dict.fromkeys(present))
+    return [v for v in PAPER_VARIANTS if v in present] + sorted(
+        v for v in present if v not in PAPER_VARIANTS
+    )
+
+
+def summary_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1; NaN for one fold) and fold count per variant x arch, long format.
+
+    Columns: ``variant``, ``arch``, ``n_folds_run``, and ``<metric>_mean`` / ``<metric>_std`` for
+    each of :data:`METRICS`. Rows in Table II order (variants), then :data:`ARCHS` order.
+    """
+    if df.empty:
+        raise HcldError("no finished runs to summarise; run the grid first")
+    groups = df.groupby(["variant", "arch"], sort=False)
+    out = groups[list(METRICS)].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out["n_folds_run"] = groups.size()
+    out = out.reset_index()
+    arch_rank = {a: i for i, a in enumerate(ARCHS)}
+    var_rank = {v: i for i, v in enumerate(_variant_order(out["variant"]))}
+    out = out.sort_values(
+        ["variant", "arch"],
+        key=lambda s: s.map(var_rank if s.name == "variant" else
+                            lambda a: arch_rank.get(a, len(ARCHS))),
+    )
+    stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    cols = ["variant", "arch", "n_folds_run", *stat_cols]
+    return out[cols].reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float | None = None, digits: int = 1) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _cell(emo_wa: str, emo_ua: str, spk_wa: str, spk_ua: str) -> str:
+    cell = f"{emo_wa} / {emo_ua}"
+    if spk_wa != "–":
+        cell += f" (spk {spk_wa} / {spk_ua})"
+    return cell
+
+
+def summary_table(df: pd.DataFrame, archs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean ± std over folds in Table II's layout: rows = variants (paper order, then others),
+    columns = architectures; each cell ``"emoWA ± s / emoUA ± s (spk WA ± s / UA ± s)"``.
+
+    Only runs with the full labelled training part (``train_fraction`` 1) count. The numeric
+    version is :func:`summary_stats`.
+    """
+    if "train_fraction" in df:
+        df = df[df["train_fraction"].fillna(1.0) >= 1.0]
+    stats = summary_stats(df)
+    archs = list(archs) if archs is not None else [a for a in ARCHS if a in set(stats["arch"])] + [
+        a for a in dict.fromkeys(stats["arch"]) if a not in ARCHS
+    ]
+    variants = _variant_order(stats["variant"])
+    table = pd.DataFrame(index=pd.Index(variants, name="variant"), columns=archs, dtype=object)
+    for _, r in stats.iterrows():
+        if r["arch"] not in archs:
+            continue
+        table.loc[r["variant"], r["arch"]] = _cell(
+            *(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
+        )
+    return table.fillna("not run")
+
+
+def paper_summary() -> pd.DataFrame:
+    """:data:`PAPER_TABLE` in the same layout as :func:`summary_table`."""
+    table = pd.DataFrame(index=pd.Index(list(PAPER_VARIANTS), name="variant"), columns=list(ARCHS),
+                         dtype=object)
+    for _, r in PAPER_TABLE.iterrows():
+        table.loc[r["variant"], r["arch"]] = _cell(*(_fmt(r[m], None, 2) for m in METRICS))
+    return table
+
+
+def comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Long numeric comparison: :func:`summary_stats` joined with :data:`PAPER_TABLE`
+    (``paper_<metric>`` columns) and ``delta_<metric>`` = ours - paper, in points."""
+    stats = summary_stats(df)
+    paper = PAPER_TABLE.rename(columns={m: f"paper_{m}" for m in METRICS})
+    out = stats.merge(paper, on=["variant", "arch"], how="left")
+    for m in METRICS:
+        out[f"delta_{m}"] = out[f"{m}_mean"] - out[f"paper_{m}"]
+    return out
+
+
+def side_by_side(
+    summary: pd.DataFrame,
+    protocol: str,
+    profile: str | None = None,
+    corpus: str | None = None,
+    backbone: str | None = None,
+) -> pd.DataFrame:
+    """Our Table II (:func:`summary_table`) and the paper's, column beside column per arch.
+
+    Columns are ``"<arch> ours"`` and ``"<arch> paper"``; the frame's ``attrs["title"]`` and the
+    header of the ours-columns name the protocol, profile, corpus and backbone, and the paper's
+    setting (IEMOCAP, HuBERT-base, random 80/20).
+    """
+    paper = paper_summary()
+    ours_tag = "/".join(str(x) for x in (corpus, backbone, protocol, profile) if x is not None)
+    variants = list(summary.index) + [v for v in paper.index if v not in summary.index]
+    out = pd.DataFrame(index=pd.Index(variants, name="variant"))
+    for arch in summary.columns:
+        out[f"{arch} ours ({ours_tag})"] = summary[arch].reindex(variants).fillna("not run")
+        if arch in paper.columns:
+            out[f"{arch} paper ({PAPER_SETTING})"] = paper[arch].reindex(variants).fillna("–")
+    out.attrs["title"] = (
+        f"Table II: emotion WA / UA (speaker WA / UA), %, mean ± std over folds — ours: "
+        f"protocol={protocol}, profile={profile}, corpus={corpus}, backbone={backbone}; "
+        f"paper: {PAPER_SETTING}"
+    )
+    return out
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def _md_escape(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            text = ""
+        elif float(value).is_integer() and abs(value) < 1e9:
+            text = str(int(value))
+        else:
+            text = f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (whole floats as integers, others with 3
+    decimals below 1 and 2 above; NaN blank; ``|`` escaped)."""
+    frame = df.reset_index() if index and (df.index.name or not isinstance(
+        df.index, pd.RangeIndex)) else df
+    headers = [
+        " / ".join(str(c) for c in col) if isinstance(col, tuple) else str(col)
+        for col in frame.columns
+    ]
+    rows = [[_md_escape(v) for v in row] for row in frame.itertuples(index=False)]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in headers) + " |",
+        "| " + " | ".join("---:" if num else "---" for num in numeric) + " |",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    df: pd.DataFrame,
+    results_dir: str | os.PathLike,
+    stem: str,
+    title: str,
+    notes: Sequence[str] = (),
+    index: bool = True,
+    provenance: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``df`` to ``results_dir/<stem>.csv`` and ``<stem>.md`` atomically.
+
+    The Markdown starts with ``## <title>`` (say there which profile, corpus, backbone and
+    protocol made the table), then the table, then ``notes`` as a list. The CSV holds the data;
+    ``provenance`` (e.g. ``dict(profile=..., corpus=..., backbone=..., protocol=...)``) is added
+    to it as constant columns so the CSV alone also says what made it. Returns the two paths.
+    """
+    results_dir = Path(results_dir)
+    frame = df.copy()
+    for key, value in (provenance or {}).items():
+        if key not in frame.columns:
+            frame[key] = value
+    md = f"## {title}\n\n" + to_markdown(df, index=index)
+    if notes:
+        md += "\n" + "".join(f"- {n}\n" for n in notes)
+    csv_path = atomic_write_text(results_dir / f"{stem}.csv", frame.to_csv(index=index))
+    md_path = atomic_write_text(results_dir / f"{stem}.md", md)
+    return csv_path, md_path

@@ -1,0 +1,166 @@
+"""The notebooks: committed clean (no outputs, a ``parameters`` cell first), and every one runs
+headless under papermill on a tiny corpus, in order, in one shared folder tree, writing its
+figures and tables.
+
+The run uses 100 synthetic utterances, one epoch, two folds, the CNN only and 16-wide encoders,
+so the whole chain (01 -> 08, the §6 notebooks included) takes a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
+KERNEL = "hcld"
+
+#: Files (relative to the shared tmp tree) each notebook must write, non-empty. Notebooks not
+#: listed (06, 07) must write at least one figure and one table named after their number.
+EXPECTED: dict[str, list[str]] = {
+    "01": ["figures/01_corpus.png", "figures/01_spectrograms.png", "results/01_counts.csv",
+           "results/01_counts.md"],
+    "02": ["figures/02_features.png", "results/02_features.csv", "results/02_features.md"],
+    "03": ["figures/03_curves.png", "figures/03_confusion.png", "results/03_metrics.csv",
+           "results/03_metrics.md"],
+    "04": ["figures/04_table2.png", "results/04_table2.csv", "results/04_table2.md",
+           "results/04_runs.csv"],
+    "05": ["figures/05_umap.png", "figures/05_scorecard.png", "results/05_scorecard.csv",
+           "results/05_scorecard.md"],
+    "08": ["results/report.md", "results/08_claims.csv", "results/08_claims.md"],
+}
+
+
+def _parameters(tree: Path) -> dict:
+    return dict(
+        profile="quick",
+        n_utterances=100,
+        epochs=1,
+        folds=2,
+        archs=["cnn"],
+        overrides={"embed_dim": 16, "hidden_dim": 16, "batch_size": 16},
+        work_dir=str(tree / "work"),
+        figures_dir=str(tree / "figures"),
+        results_dir=str(tree / "results"),
+    )
+
+
+# --- committed form -----------------------------------------------------------------------------
+
+
+def test_there_are_notebooks():
+    names = [p.name[:2] for p in NOTEBOOKS]
+    for number in EXPECTED:
+        assert number in names, f"notebooks/{number}_*.ipynb is missing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_notebook_is_clean_with_a_parameters_cell_first(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, f"{path.name} has no code cell"
+    assert "parameters" in code[0].metadata.get("tags", []), (
+        f"{path.name}: the first code cell must be tagged 'parameters'"
+    )
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters', expected 1"
+    for i, cell in enumerate(code):
+        assert not cell.get("outputs"), f"{path.name}: code cell {i} has outputs; clear them"
+        assert cell.get("execution_count") is None, f"{path.name}: code cell {i} was executed"
+    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, (
+        f"{path.name}: kernelspec name must be {KERNEL!r}"
+    )
+    assert nb.cells[0].cell_type == "markdown", f"{path.name} should open with its story"
+
+
+# --- execution ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kernel() -> str:
+    """The ``hcld`` kernel, registered from this interpreter's prefix if it is not yet there."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL not in KernelSpecManager().find_kernel_specs():
+        subprocess.run(
+            [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
+             "--display-name", "Python (hcld)"],
+            check=True, capture_output=True,
+        )
+    return KERNEL
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder tree shared by every notebook of the session (later ones reuse earlier runs),
+    and the kernel environment: the repository importable, numba's cache in a tmp folder, and
+    one OpenMP thread (the 16-wide test models gain nothing from more, and two spinning threads
+    per process slow down by an order of magnitude when other processes share the 2 cores)."""
+    root = tmp_path_factory.mktemp("notebooks")
+    keys = ("PYTHONPATH", "NUMBA_CACHE_DIR", "OMP_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), saved["PYTHONPATH"]) if p
+    )
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "hcld-numba-cache")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_and_writes_its_figures_and_tables(path: Path, tree: Path, kernel: str):
+    import papermill as pm
+
+    number = path.name[:2]
+    executed = tree / "executed" / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(path), str(executed), parameters=_parameters(tree), kernel_name=kernel,
+            cwd=str(path.parent), execution_timeout=600, progress_bar=False,
+        )
+    except pm.PapermillExecutionError as err:
+        pytest.fail(f"{path.name} raised {err.ename}: {err.evalue} (see {executed})")
+    print(f"{path.name}: {time.perf_counter() - start:.1f} s")
+
+    nb = nbformat.read(executed, as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} has error outputs"
+
+    if number in EXPECTED:
+        for rel in EXPECTED[number]:
+            out = tree / rel
+            assert out.is_file(), f"{path.name} did not write {rel}"
+            assert out.stat().st_size > 0, f"{path.name} wrote an empty {rel}"
+    else:
+        figs = list((tree / "figures").glob(f"{number}_*.png"))
+        tables = list((tree / "results").glob(f"{number}_*"))
+        assert figs, f"{path.name} wrote no figures/{number}_*.png"
+        assert tables, f"{path.name} wrote no results/{number}_*"
+        assert all(p.stat().st_size > 0 for p in figs + tables)
+
+
+def test_the_report_names_its_provenance_and_the_corpus(tree: Path):
+    report = tree / "results" / "report.md"
+    if not report.is_file():
+        pytest.skip("08_report did not run in this session")
+    text = report.read_text()
+    assert "profile=quick" in text and "backbone=fbank" in text and "protocol=paper" in text
+    assert "not from IEMOCAP" in text
+    table2 = (tree / "results" / "04_table2.md").read_text()
+    assert "protocol=paper" in table2 and "paper (IEMOCAP" in table2
