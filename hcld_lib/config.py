@@ -12,6 +12,8 @@ field                     default                meaning / alternative
 ``supcon_space``          ``"emotion"``          SupCon on X_e with emotion labels; ``"speaker"``:
                                                  on X_s with speaker labels
 ``lcl_include_self``      ``False``              A(i) excludes i in the label-anchored loss
+``orth_form``             ``"correlation"``      orth baseline: mean squared cross-correlation;
+                                                 ``"batch"`` = ||Ẑ_eᵀ Ẑ_s||_F² / B
 ``margin``                ``0.0``                hinge margin m (not given in the paper)
 ``temperature``           ``0.07``               tau of SupCon and of the label-anchored loss
 ``text_encoder``          ``"minilm"``           label-word encoder; the paper's is roberta-base
@@ -108,6 +110,11 @@ class RunConfig:
     w_supcon: float = 1.0
     w_label: float = 1.0
     w_orth: float = 0.0
+    orth_form: str = "correlation"
+    """Scale of the orthogonality penalty: ``"correlation"`` = mean squared cross-correlation of
+    the batch-normalised X_e and X_s dimensions (in [0, 1]); ``"batch"`` = SPEC §1's
+    ``||Ẑ_eᵀ Ẑ_s||_F² / B``, which is ~E_e·E_s for independent embeddings and swamps the other
+    terms at weight 1 (see :func:`hcld_lib.losses.orthogonality_loss`)."""
 
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = 100
@@ -134,6 +141,7 @@ class RunConfig:
             "pos_space": (self.pos_space, ("emotion", "speaker")),
             "hinge": (self.hinge, ("text", "printed")),
             "supcon_space": (self.supcon_space, ("emotion", "speaker")),
+            "orth_form": (self.orth_form, ("correlation", "batch")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -182,13 +190,14 @@ class RunConfig:
 #: Named profiles: defaults for a whole batch of experiments (notebook parameters start here).
 PROFILES: dict[str, dict[str, Any]] = {
     # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames,
-    # few epochs and two folds, so that every notebook of the batch runs in minutes on 2 CPU cores.
+    # few epochs, two of the five folds: every notebook of the batch runs in minutes on 2 cores.
     "quick": dict(
         dataset="synthetic",
         backbone="fbank",
         n_utterances=1000,
         protocol="paper",
-        n_folds=2,
+        n_folds=5,  # splits as the paper's (80/20 per fold, 5 sessions for loso) ...
+        folds=2,  # ... of which the first two are run
         epochs=6,
         batch_size=32,
         lr=2e-3,
@@ -206,6 +215,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         backbone="torchaudio:hubert_base",
         protocol="paper",
         n_folds=5,
+        folds=5,
         epochs=100,
         batch_size=32,
         lr=5e-4,

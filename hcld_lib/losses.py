@@ -266,24 +266,41 @@ def label_anchored_loss(
     return masked_contrastive_loss(label_emb, x_e, same & valid, valid, temperature)
 
 
-def orthogonality_loss(x_e: Tensor, x_s: Tensor, eps: float = 1e-5) -> Tensor:
-    """Orthogonality penalty of the "orth" baseline: ``||Ẑ_eᵀ Ẑ_s||_F² / B``.
+ORTH_FORMS: tuple[str, ...] = ("correlation", "batch")
+
+
+def orthogonality_loss(
+    x_e: Tensor, x_s: Tensor, eps: float = 1e-5, form: str = "correlation"
+) -> Tensor:
+    """Orthogonality penalty of the "orth" baseline on batch-normalised embeddings.
 
     ``Ẑ = (X - mean_B(X)) / sqrt(var_B(X) + eps)`` per dimension over the batch (biased
     variance, as batch normalisation), for ``x_e [B, E_e]`` and ``x_s [B, E_s]``; the two sizes
     may differ. Entry ``(k, l)`` of ``Ẑ_eᵀ Ẑ_s`` is ``B`` times the correlation of dimension ``k``
-    of X_e with dimension ``l`` of X_s, so the penalty is ``B * sum_kl corr_kl²``: 0 when every
-    dimension pair is uncorrelated over the batch, about ``E_e * E_s`` for independent random
-    embeddings, growing with ``B`` for dependent ones. A dimension-agnostic form of the penalty
-    of Wang et al., ICASSP 2022 (keyword spotting + speaker verification), which the paper cites.
+    of X_e with dimension ``l`` of X_s.
+
+    - ``form="batch"``: ``||Ẑ_eᵀ Ẑ_s||_F² / B = B * sum_kl corr_kl²`` (SPEC §1's dimension-agnostic
+      form). It is about ``E_e * E_s`` for independent random embeddings (4096 at 64-d) and grows
+      with ``B`` for dependent ones, so at weight 1 it swamps the cross-entropy terms.
+    - ``form="correlation"`` (default): ``||Ẑ_eᵀ Ẑ_s||_F² / (B² E_e E_s) = mean_kl corr_kl²``, the
+      same penalty rescaled to [0, 1] whatever the batch and embedding sizes, so that weight 1
+      sits beside the other terms as in the paper's total loss.
+
+    A dimension-agnostic form of the penalty of Wang et al., ICASSP 2022 (keyword spotting +
+    speaker verification), which the paper cites.
 
     Returns: scalar tensor (0 with gradient for ``B = 1``).
     """
     _check_batch("orthogonality_loss", x_e, x_s)
+    if form not in ORTH_FORMS:
+        raise HcldError(f"orthogonality_loss: form={form!r} is not one of {ORTH_FORMS}")
 
     def standardise(x: Tensor) -> Tensor:
         centred = x - x.mean(dim=0, keepdim=True)
         return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
 
     cross = standardise(x_e).T @ standardise(x_s)  # [E_e, E_s]
-    return cross.pow(2).sum() / x_e.shape[0]
+    batch = x_e.shape[0]
+    if form == "batch":
+        return cross.pow(2).sum() / batch
+    return cross.pow(2).sum() / (batch**2 * cross.numel())

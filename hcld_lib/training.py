@@ -10,7 +10,7 @@ the method (SPEC §1)::
                  + w_cld (L_pos + L_neg)                       # ICLD
                  + w_sc  SupCon(X_e | emotion  or  X_s | speaker)
                  + w_lab L_label(anchors(emotion), X_e)        # LCL
-                 + w_orth ||Z_e^T Z_s||_F^2 / B                # the "orth" baseline
+                 + w_orth mean_kl corr(Z_e, Z_s)_kl^2         # the "orth" baseline
             Adam step; learning rate warmed up linearly per step
         evaluate val / test / speaker_test; select on val emotion UA; checkpoint
 
@@ -311,7 +311,7 @@ def _loss_terms(
         )
         total = total + config.w_label * terms["label"]
     if config.w_orth > 0:
-        terms["orth"] = losses.orthogonality_loss(x_e, x_s)
+        terms["orth"] = losses.orthogonality_loss(x_e, x_s, form=config.orth_form)
         total = total + config.w_orth * terms["orth"]
     return total, terms
 

@@ -209,11 +209,25 @@ def test_orthogonality_zero_for_orthogonal_and_positive_for_identical():
     assert orthogonality_loss(x_e, x_s).item() == pytest.approx(0.0, abs=1e-12)
     # identical single column a: Z = a / sqrt(1 + eps); Z^T Z = 4 / (1 + eps); 16 / 4 = 4
     col = torch.tensor([a], dtype=torch.float64).T
-    same = orthogonality_loss(col, col, eps=1e-5)
+    same = orthogonality_loss(col, col, eps=1e-5, form="batch")
     assert same.item() == pytest.approx(4.0 / (1 + 1e-5) ** 2, rel=1e-9)
+    # correlation form: (4 / (1 + eps))^2 / (B^2 * E_e * E_s) = 16 / (1 + eps)^2 / 16
+    same_corr = orthogonality_loss(col, col, eps=1e-5)
+    assert same_corr.item() == pytest.approx(1.0 / (1 + 1e-5) ** 2, rel=1e-9)
     torch.manual_seed(0)
     x = torch.randn(32, 6)
     assert orthogonality_loss(x, x).item() > orthogonality_loss(x, torch.randn(32, 6)).item()
+
+
+def test_orthogonality_correlation_form_is_the_batch_form_rescaled():
+    torch.manual_seed(1)
+    x_e, x_s = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    batch = orthogonality_loss(x_e, x_s, form="batch")
+    corr = orthogonality_loss(x_e, x_s, form="correlation")
+    assert corr.item() == pytest.approx(batch.item() / (16 * 5 * 3), rel=1e-12)
+    assert 0.0 <= corr.item() <= 1.0
+    with pytest.raises(HcldError, match="form='frobenius'"):
+        orthogonality_loss(x_e, x_s, form="frobenius")
 
 
 # --- task loss ----------------------------------------------------------------------------------
