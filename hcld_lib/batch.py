@@ -50,8 +50,15 @@ def run_batch(
     out_dir: Path | None = None,
     timeout: int = 3600,
     kernel: str = KERNEL,
+    threads: int | None = None,
 ) -> list[tuple[str, float]]:
-    """Execute the notebooks in order; return (name, seconds) for each."""
+    """Execute the notebooks in order; return (name, seconds) for each.
+
+    ``threads`` sets ``OMP_NUM_THREADS`` for the kernels. The quick profile's encoders are so
+    small that torch's intra-op threads cost more than they give (4-7x slower with two threads
+    when anything else uses the cores), so it defaults to 1 there; other profiles keep torch's
+    default unless given. An ``OMP_NUM_THREADS`` already in the environment wins.
+    """
     import papermill as pm
 
     from hcld_lib.config import PROFILES
@@ -62,6 +69,10 @@ def run_batch(
     out_dir = out_dir or REPO / "runs" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / "runs" / ".numba-cache"))
+    if threads is None and profile == "quick":
+        threads = 1
+    if threads is not None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     params = {"profile": profile, **(parameters or {})}
     timings: list[tuple[str, float]] = []
     for nb in notebook_paths(notebooks_dir, only):
@@ -102,10 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these")
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
     parser.add_argument("--out-dir", type=Path, help="where executed copies go (runs/notebooks)")
+    parser.add_argument("--threads", type=int, help="torch threads per kernel (quick: 1)")
     args = parser.parse_args(argv)
     params = {name: parse_value(value) for name, value in args.parameter}
     try:
-        run_batch(args.profile, params, args.only, args.out_dir, args.timeout)
+        run_batch(args.profile, params, args.only, args.out_dir, args.timeout, threads=args.threads)
     except HcldError as err:
         sys.exit(f"[hcld] {err}")
 

@@ -95,7 +95,7 @@ def resolve_params(**params: Any) -> dict[str, Any]:
     if p["dataset"] == "manifest" and not p["manifest"]:
         raise HcldError("dataset='manifest' needs manifest (a CSV with path, speaker, emotion)")
     p["n_folds"] = int(prof.get("n_folds", 5))
-    p["folds"] = int(p["folds"]) if p["folds"] is not None else p["n_folds"]
+    p["folds"] = int(p["folds"] if p["folds"] is not None else prof.get("folds", p["n_folds"]))
     if p["folds"] > p["n_folds"]:
         p["n_folds"] = p["folds"]  # asking for more folds than the profile splits into
     p["variants"] = list(p["variants"]) if p["variants"] is not None else list(PAPER_VARIANTS)
