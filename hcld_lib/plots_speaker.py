@@ -1,0 +1,178 @@
+"""Figures of the §6 analysis (emotion inside speaker embeddings; cluster-based pretraining).
+
+Each function returns a :class:`matplotlib.figure.Figure` and takes an optional ``caption`` (the
+provenance line of :func:`hcld_lib.plots.provenance`) printed under the figure; write them with
+:func:`hcld_lib.plots.save_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hcld_lib.io import HcldError
+from hcld_lib.plots import variant_label
+
+CONDITION_LABELS: dict[str, str] = {
+    "none": "no pretraining (EMO-only)",
+    "cluster": "cluster pretraining + EMO-only",
+    "cluster+hcld": "cluster pretraining + HCLD",
+}
+CONDITION_COLORS: dict[str, str] = {
+    "none": "#7f7f7f",
+    "cluster": "#1f77b4",
+    "cluster+hcld": "#d62728",
+}
+
+
+def _finish(fig: Figure, title: str | None, caption: str | None) -> Figure:
+    if title:
+        fig.suptitle(title, fontsize=12, fontweight="bold")
+    bottom = 0.0
+    if caption:
+        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="0.35")
+        bottom = 0.04
+    fig.tight_layout(rect=(0, bottom, 1, 0.95 if title else 1))
+    return fig
+
+
+def source_label(name: str) -> str:
+    """``"X_s:hcld"`` -> ``"X_s HCLD"``; a pretrained encoder's name is kept."""
+    if name.startswith("X_s:"):
+        return f"X_s {variant_label(name[4:])}"
+    return name
+
+
+def plot_contingency(
+    tables: Mapping[str, pd.DataFrame],
+    title: str | None = None,
+    caption: str | None = None,
+    ncols: int = 5,
+) -> Figure:
+    """Per-speaker cluster x emotion heatmaps (counts, cluster rows aligned to emotions).
+
+    ``tables``: ``{speaker: DataFrame}`` from :func:`hcld_lib.clustering.contingency_tables`.
+    A speaker space that hides emotion as intra-speaker clusters shows heavy diagonals.
+    """
+    if not tables:
+        raise HcldError("plot_contingency needs at least one speaker table")
+    n = len(tables)
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.5 * nrows + 0.6), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (spk, t) in zip(axes.ravel(), tables.items()):
+        counts = t.to_numpy(dtype=float)
+        ax.imshow(counts, cmap="Blues", vmin=0, aspect="auto")
+        for (i, j), v in np.ndenumerate(counts):
+            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
+                    color="white" if v > 0.6 * counts.max() else "black")
+        ax.set_xticks(range(t.shape[1]), list(t.columns), fontsize=8)
+        ax.set_yticks(range(t.shape[0]), list(t.index), fontsize=8)
+        ax.set_title(str(spk), fontsize=9)
+    return _finish(fig, title or "Intra-speaker clusters x emotions", caption)
+
+
+def plot_nmi_bars(
+    table: pd.DataFrame,
+    metric: str = "nmi",
+    title: str | None = None,
+    caption: str | None = None,
+) -> Figure:
+    """Bars of the intra-speaker agreement (mean ± std over speakers) for each speaker space.
+
+    ``table``: from :func:`hcld_lib.clustering.compare_speaker_spaces` (one row per source).
+    The shuffled floor is drawn as a black bar-wide line with its std, the global clustering
+    (ignoring the speaker, scored within speakers) as a grey diamond.
+    """
+    needed = [f"{metric}_mean", f"{metric}_std", f"{metric}_shuffled_mean",
+              f"{metric}_shuffled_std", f"{metric}_global_within_mean"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise HcldError(
+            f"plot_nmi_bars: table lacks columns {missing} (build it with compare_speaker_spaces)"
+        )
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(1.3 * len(table) + 3, 3.8))
+    colors = ["#2ca02c" if not str(s).startswith("X_s:") else "#1f77b4" for s in table["source"]]
+    ax.bar(x, table[f"{metric}_mean"], yerr=table[f"{metric}_std"], color=colors, capsize=4,
+           alpha=0.85, label=f"intra-speaker k-means ({metric.upper()})")
+    for i, (m, s) in enumerate(zip(table[f"{metric}_shuffled_mean"],
+                                   table[f"{metric}_shuffled_std"])):
+        ax.hlines(m, i - 0.4, i + 0.4, color="black", lw=2,
+                  label="emotions shuffled within speaker (floor)" if i == 0 else None)
+        ax.fill_between([i - 0.4, i + 0.4], m - s, m + s, color="black", alpha=0.12, lw=0)
+    ax.plot(x, table[f"{metric}_global_within_mean"], "D", color="0.45", ms=6,
+            label="global k-means (ignores speaker)")
+    ax.set_xticks(x, [source_label(s) for s in table["source"]], rotation=20, ha="right")
+    ax.set_ylabel(f"{metric.upper()} (clusters vs emotions)")
+    top = float(np.nanmax(table[f"{metric}_mean"] + table[f"{metric}_std"]))
+    ax.set_ylim(0, max(0.1, 1.25 * top))
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, title or "Emotion inside speaker spaces", caption)
+
+
+def plot_label_budget(
+    summary: pd.DataFrame,
+    metric: str = "ua",
+    title: str | None = None,
+    caption: str | None = None,
+) -> Figure:
+    """Emotion ``metric`` (mean ± std over folds) against the labelled fraction, one line per
+    condition. ``summary``: from :func:`hcld_lib.pretraining.summarize_label_budget`."""
+    need = ["condition", "train_fraction", f"{metric}_mean", f"{metric}_std"]
+    missing = [c for c in need if c not in summary.columns]
+    if missing:
+        raise HcldError(f"plot_label_budget: summary lacks columns {missing}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cond, g in summary.groupby("condition", sort=False):
+        g = g.sort_values("train_fraction")
+        ax.errorbar(100 * g["train_fraction"], 100 * g[f"{metric}_mean"],
+                    yerr=100 * g[f"{metric}_std"].fillna(0.0), marker="o", capsize=4,
+                    label=CONDITION_LABELS.get(str(cond), str(cond)),
+                    color=CONDITION_COLORS.get(str(cond)))
+    ax.set_xscale("log")
+    fr = sorted(summary["train_fraction"].unique())
+    ax.set_xticks([100 * f for f in fr], [f"{100 * f:g}%" for f in fr])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled share of the training part")
+    ax.set_ylabel(f"test emotion {metric.upper()} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, title or "Label budget: cluster-based pretraining", caption)
+
+
+def plot_pretrain_loss(
+    histories: Mapping[str, pd.DataFrame],
+    columns: Sequence[str] = ("cluster", "speaker_ce", "total"),
+    title: str | None = None,
+    caption: str | None = None,
+) -> Figure:
+    """Pretraining loss per epoch, one line per history (e.g. per fold) and loss term.
+
+    ``histories``: ``{label: DataFrame}`` with an ``epoch`` column and loss columns.
+    """
+    if not histories:
+        raise HcldError("plot_pretrain_loss needs at least one history")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    styles = {"cluster": "-", "speaker_ce": "--", "total": ":"}
+    for i, (label, h) in enumerate(histories.items()):
+        color = plt.cm.tab10(i % 10)
+        multitask = "speaker_ce" in h.columns and h["speaker_ce"].notna().any()
+        for col in columns:
+            if col == "total" and not multitask:
+                continue  # the total is the cluster loss itself
+            if col in h.columns and h[col].notna().any():
+                ax.plot(h["epoch"], h[col], styles.get(col, "-"), marker=".", color=color,
+                        label=f"{label}: {col}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean over batches)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _finish(fig, title or "Cluster-based contrastive pretraining", caption)

@@ -1,0 +1,292 @@
+"""Cluster-based pretraining: pairs, loss, pretraining on synthetic features, budget runs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hcld_lib.config import RunConfig
+from hcld_lib.io import HcldError
+from hcld_lib.losses import supcon_loss
+from hcld_lib.pretraining import (
+    cluster_contrastive_loss,
+    cluster_pairs,
+    fold_pseudo_labels,
+    label_budget_experiment,
+    label_budget_table,
+    pretrain_emotion_encoder,
+    pretraining_rows,
+    summarize_label_budget,
+)
+
+TINY = dict(
+    embed_dim=16,
+    hidden_dim=16,
+    n_layers=1,
+    frame_stride=4,
+    batch_size=16,
+    lr=3e-3,
+    warmup_epochs=0,
+    text_encoder="learned",
+    val_fraction=0.2,
+    n_folds=2,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; restored after this module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- pairs and loss ---------------------------------------------------------------------------
+
+
+def test_cluster_pairs_by_hand():
+    speaker = torch.tensor([0, 0, 0, 0, 1, 1])
+    cluster = torch.tensor([0, 0, 1, 1, 0, 0])
+    pos, valid = cluster_pairs(speaker, cluster)
+    expected_pos = np.zeros((6, 6), bool)
+    for i, j in [(0, 1), (2, 3), (4, 5)]:
+        expected_pos[i, j] = expected_pos[j, i] = True
+    np.testing.assert_array_equal(pos.numpy(), expected_pos)
+    # contrast set: the same speaker only, self excluded
+    expected_valid = np.zeros((6, 6), bool)
+    expected_valid[:4, :4] = True
+    expected_valid[4:, 4:] = True
+    np.fill_diagonal(expected_valid, False)
+    np.testing.assert_array_equal(valid.numpy(), expected_valid)
+    # negatives = valid and not positive: same speaker, other cluster
+    neg = (valid & ~pos).numpy()
+    assert neg[0, 2] and neg[0, 3] and not neg[0, 4] and not neg[4, 0]
+    # the switch adds every other speaker as a negative (still never self)
+    pos2, valid2 = cluster_pairs(speaker, cluster, other_speakers_negative=True)
+    np.testing.assert_array_equal(pos2.numpy(), expected_pos)
+    np.testing.assert_array_equal(valid2.numpy(), ~np.eye(6, dtype=bool))
+
+
+def test_cluster_ids_need_only_be_unique_within_speaker():
+    # speaker 0 and speaker 1 both have a "cluster 0": never positives of each other
+    pos, _ = cluster_pairs(np.array(["a", "a", "b", "b"]), np.array([0, 1, 0, 1]))
+    assert not pos.any()
+
+
+def test_loss_is_supcon_for_one_speaker_and_with_the_switch():
+    torch.manual_seed(0)
+    z = torch.randn(10, 8)
+    cluster = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])
+    one_speaker = torch.zeros(10, dtype=torch.long)
+    got = cluster_contrastive_loss(z, one_speaker, cluster, temperature=0.5)
+    assert torch.allclose(got, supcon_loss(z, cluster, temperature=0.5), atol=1e-6)
+    # two speakers + the switch: SupCon on the (speaker, cluster) labels
+    speaker = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    got = cluster_contrastive_loss(z, speaker, cluster, 0.5, other_speakers_negative=True)
+    assert torch.allclose(got, supcon_loss(z, speaker * 10 + cluster, 0.5), atol=1e-6)
+
+
+def test_loss_value_by_hand():
+    # speaker 0: anchors 0, 1 share a cluster; 2 is the other cluster. speaker 1: one utterance.
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]])
+    speaker = torch.tensor([0, 0, 0, 1])
+    cluster = torch.tensor([0, 0, 1, 0])
+    tau = 1.0
+    # anchor 0: P = {1} (cos 0.6), A = {1, 2} (cos 0.6, 0.0); anchor 1: P = {0}, A = {0, 2}
+    # (cos 0.6, 0.8); anchors 2 and 3 have no positive.
+    l0 = -np.log(np.exp(0.6) / (np.exp(0.6) + np.exp(0.0)))
+    l1 = -np.log(np.exp(0.6) / (np.exp(0.6) + np.exp(0.8)))
+    got = cluster_contrastive_loss(z, speaker, cluster, temperature=tau)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    # with the switch, utterance 3 (another speaker) joins both denominators (cos -1, -0.6)
+    l0s = -np.log(np.exp(0.6) / (np.exp(0.6) + np.exp(0.0) + np.exp(-1.0)))
+    l1s = -np.log(np.exp(0.6) / (np.exp(0.6) + np.exp(0.8) + np.exp(-0.6)))
+    got = cluster_contrastive_loss(z, speaker, cluster, tau, other_speakers_negative=True)
+    assert got.item() == pytest.approx((l0s + l1s) / 2, rel=1e-6)
+
+
+def test_no_positive_gives_connected_zero():
+    z = torch.randn(3, 4, requires_grad=True)
+    loss = cluster_contrastive_loss(z, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert z.grad is not None and torch.all(z.grad == 0)
+
+
+def test_loss_rejects_mismatched_batch():
+    with pytest.raises(HcldError, match=r"\[B, E\]"):
+        cluster_contrastive_loss(torch.randn(4, 3), torch.zeros(5), torch.zeros(5))
+
+
+# --- pretraining on synthetic-corpus features -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory) -> str:
+    from hcld_lib.features import extract_features
+    from hcld_lib.synthetic import synthesize_corpus
+
+    root = tmp_path_factory.mktemp("pre_corpus")
+    table = synthesize_corpus(root / "corpus", n_utterances=100, seed=0, emotion_strength=1.0)
+    cache = extract_features(table, "fbank", root / "cache", max_seconds=3.0, progress=False)
+    return str(cache.path)
+
+
+def _config(cache_path: str, out_dir, variant: str = "emo_only", **kw) -> RunConfig:
+    return RunConfig.for_variant(variant, features=cache_path, out_dir=str(out_dir),
+                                 **{**TINY, **kw})
+
+
+def _stand_in_embeddings(cache_path: str) -> tuple[np.ndarray, list[str]]:
+    """Cheap 'speaker embeddings' for the tests: each utterance's mean log-mel frame."""
+    from hcld_lib.features import open_cache
+
+    cache = open_cache(cache_path)
+    x = np.stack([cache.array[i, : max(int(cache.lengths[i]), 1)].astype(np.float32).mean(0)
+                  for i in range(len(cache))])
+    return x, list(cache.ids)
+
+
+@pytest.fixture(scope="module")
+def pretrained(cache_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained")
+    config = _config(cache_path, out)
+    emb, ids = _stand_in_embeddings(cache_path)
+    pseudo = fold_pseudo_labels(config, emb, ids, k=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pretrain_emotion_encoder(config, pseudo, out / "enc.pt", epochs=8)
+    result["warnings"] = [str(w.message) for w in caught]
+    return config, pseudo, result
+
+
+def test_pseudo_labels_cover_the_training_part_only(pretrained):
+    config, pseudo, _ = pretrained
+    train = pretraining_rows(config)
+    assert np.all(pseudo[train] >= 0)
+    mask = np.ones(len(pseudo), bool)
+    mask[train] = False
+    assert np.all(pseudo[mask] == -1)  # validation and test utterances are never pretrained on
+    assert len(np.unique(pseudo[train])) <= 10 * 2  # 10 speakers x k=2
+
+
+def test_pretraining_lowers_its_loss(pretrained):
+    config, pseudo, result = pretrained
+    h = result["history"]
+    assert list(h["epoch"]) == list(range(1, 9))
+    assert np.all(np.isfinite(h["cluster"]))
+    assert h["cluster"].iloc[-3:].mean() < h["cluster"].iloc[0] - 0.05
+    # the sampler gives a positive to every anchor whose cluster is not a singleton
+    labels = pseudo[pretraining_rows(config)]
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    can_have = float(np.mean(counts[inverse] >= 2))
+    assert h["anchors_with_positive"].min() >= can_have - 0.05
+    if can_have < 1.0:  # singletons are reported in terms of clusters, not emotions
+        alone = int(np.sum(counts[inverse] < 2))
+        assert any(f"{alone} of {len(labels)} utterances are alone" in w
+                   for w in result["warnings"])
+        assert not any("'emotion' positive" in w for w in result["warnings"])
+    assert result["path"].is_file() and not result["skipped"]
+
+
+def test_pretraining_is_skipped_when_the_file_exists(pretrained, monkeypatch):
+    config, pseudo, result = pretrained
+    import hcld_lib.pretraining as pre
+
+    monkeypatch.setattr(pre, "_fold_data", lambda *a: (_ for _ in ()).throw(AssertionError))
+    again = pretrain_emotion_encoder(config, pseudo, result["path"], epochs=8)
+    assert again["skipped"]
+    pd.testing.assert_frame_equal(again["history"], result["history"])
+
+
+def test_speaker_ce_multitask(cache_path, tmp_path):
+    config = _config(cache_path, tmp_path)
+    emb, ids = _stand_in_embeddings(cache_path)
+    pseudo = fold_pseudo_labels(config, emb, ids, k=2)
+    res = pretrain_emotion_encoder(config, pseudo, tmp_path / "enc.pt", epochs=2,
+                                   speaker_ce=True, other_speakers_negative=True)
+    h = res["history"]
+    assert np.all(np.isfinite(h["speaker_ce"]))
+    assert np.allclose(h["total"], h["cluster"] + h["speaker_ce"], rtol=1e-5)
+    assert res["meta"]["speaker_ce"] and res["meta"]["other_speakers_negative"]
+
+
+def test_pseudo_labels_of_wrong_length_are_an_error(cache_path, tmp_path):
+    config = _config(cache_path, tmp_path)
+    with pytest.raises(HcldError, match="one label per row"):
+        pretrain_emotion_encoder(config, np.zeros(7, np.int64), tmp_path / "x.pt", epochs=1)
+
+
+def test_pretrained_encoder_loads_into_train_run(pretrained, tmp_path):
+    from hcld_lib.training import train_run
+
+    config, _, result = pretrained
+    # lr = 0: the fine-tuned encoder must be exactly the pretrained one
+    run = config.replace(out_dir=str(tmp_path), init_emotion_encoder=str(result["path"]),
+                         epochs=1, lr=0.0)
+    train_run(run)
+    saved = torch.load(tmp_path / run.resolved_run_name / "model.pt", weights_only=False)
+    pre = torch.load(result["path"], weights_only=True)
+    for name, value in pre.items():
+        assert torch.equal(saved["model"][f"emotion_encoder.{name}"], value), name
+
+
+def test_shape_mismatch_is_a_clear_error(pretrained, tmp_path):
+    from hcld_lib.training import train_run
+
+    config, _, result = pretrained
+    run = config.replace(out_dir=str(tmp_path), init_emotion_encoder=str(result["path"]),
+                         hidden_dim=24, epochs=1)
+    with pytest.raises(HcldError, match="does not fit"):
+        train_run(run)
+
+
+# --- the label-budget experiment --------------------------------------------------------------
+
+
+def test_label_budget_runs_and_resumes(cache_path, tmp_path, monkeypatch):
+    base = _config(cache_path, tmp_path, "hcld", epochs=1)
+    spk = _stand_in_embeddings(cache_path)
+    df = label_budget_experiment(base, spk, fractions=(0.5, 1.0), folds=[0], out_dir=tmp_path,
+                                 k=2, pretrain_epochs=1, progress=False)
+    assert len(df) == 6
+    assert set(df["condition"]) == {"none", "cluster", "cluster+hcld"}
+    assert df.set_index("condition").loc["cluster+hcld", "variant"].tolist() == ["hcld", "hcld"]
+    small = df[df["train_fraction"] == 0.5]["n_train"]
+    full = df[df["train_fraction"] == 1.0]["n_train"]
+    assert small.max() < full.min()
+    assert (df[df["condition"] != "none"]["pretrained"] != "").all()
+    assert len(list((tmp_path / "pretrained").glob("*.pt"))) == 1  # one encoder per fold
+    assert (tmp_path / "label_budget.csv").is_file()
+
+    # a second call trains nothing: runs are skipped, the encoder is reused
+    import hcld_lib.pretraining as pre
+
+    monkeypatch.setattr(pre, "pretrain_emotion_encoder",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    again = label_budget_experiment(base, spk, fractions=(0.5, 1.0), folds=[0],
+                                    out_dir=tmp_path, k=2, pretrain_epochs=1, progress=False)
+    pd.testing.assert_frame_equal(df, again)
+
+    summary = summarize_label_budget(df)
+    assert list(summary["condition"]) == ["none", "none", "cluster", "cluster",
+                                          "cluster+hcld", "cluster+hcld"]
+    assert summary["n_folds_run"].eq(1).all()
+    table = label_budget_table(summary)
+    assert list(table.index) == ["50%", "100%"]
+    assert list(table.columns) == ["none", "cluster", "cluster+hcld"]
+
+
+def test_label_budget_rejects_bad_arguments(cache_path, tmp_path):
+    base = _config(cache_path, tmp_path, "hcld", epochs=1)
+    spk = _stand_in_embeddings(cache_path)
+    with pytest.raises(HcldError, match="unknown condition"):
+        label_budget_experiment(base, spk, conditions=("magic",), out_dir=tmp_path)
+    with pytest.raises(HcldError, match="fractions"):
+        label_budget_experiment(base, spk, fractions=(0.0,), out_dir=tmp_path)
