@@ -24,10 +24,18 @@ class HcldError(ValueError):
     """A user-input error (a file, a folder, a value); the message says what to do."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); the result should get the usual permissions
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
@@ -92,6 +100,7 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if final_dir.exists():

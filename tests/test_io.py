@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -51,3 +53,15 @@ def test_atomic_dir_renames_only_on_success(tmp_path):
 
 def test_hcld_error_is_a_value_error():
     assert issubclass(io.HcldError, ValueError)
+
+
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = io.atomic_write_text(tmp_path / "t.md", "x")
+        with io.atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
