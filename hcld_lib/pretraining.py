@@ -66,6 +66,7 @@ from torch import Tensor
 
 from hcld_lib.config import RunConfig, set_seed
 from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json, atomic_write_text
+from hcld_lib.training import fold_data
 
 CONDITIONS: tuple[str, ...] = ("none", "cluster", "cluster+hcld")
 """The label-budget conditions: no pretraining, cluster pretraining, cluster pretraining + HCLD."""
@@ -152,30 +153,10 @@ def cluster_contrastive_loss(
 # --------------------------------------------------------------------------------------------
 # pseudo-labels for a fold
 # --------------------------------------------------------------------------------------------
-def _fold_data(config: RunConfig) -> tuple[Any, pd.DataFrame, Any, np.ndarray]:
-    """``(cache, table, fold, cache_row)`` as :func:`hcld_lib.training.train_run` has them."""
-    from hcld_lib.features import open_cache
-    from hcld_lib.splits import make_folds
-
-    cache = open_cache(config.features)
-    table = cache.table.reset_index(drop=True)
-    folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
-    if not 0 <= config.fold < len(folds):
-        raise HcldError(f"fold={config.fold} but protocol {config.protocol!r} gives "
-                        f"{len(folds)} folds (0..{len(folds) - 1})")
-    id_to_row = {uid: i for i, uid in enumerate(cache.ids)}
-    try:
-        cache_row = np.array([id_to_row[u] for u in table["utterance_id"]], dtype=np.int64)
-    except KeyError as err:
-        raise HcldError(f"utterance {err} of the cache's table has no features in "
-                        f"{config.features}; re-extract the cache") from err
-    return cache, table, folds[config.fold], cache_row
-
-
 def pretraining_rows(config: RunConfig) -> np.ndarray:
     """Row indices (into the cache's table) of the fold's whole training part: what pretraining
     sees (labelled and unlabelled alike; never the validation or test parts)."""
-    return _fold_data(config)[2].train
+    return fold_data(config)[2].train
 
 
 def fold_pseudo_labels(
@@ -202,7 +183,7 @@ def fold_pseudo_labels(
     from hcld_lib.clustering import cluster_pseudo_labels
     from hcld_lib.training import emotion_labels_of
 
-    _, table, fold, _ = _fold_data(config)
+    _, table, fold, _ = fold_data(config)
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(ids):
         raise HcldError(f"{len(embeddings)} embeddings but {len(ids)} ids; pass one id per row")
@@ -291,7 +272,7 @@ def pretrain_emotion_encoder(
     if epochs < 1:
         raise HcldError(f"epochs={epochs}: pretraining needs at least one epoch")
 
-    cache, table, fold, cache_row = _fold_data(config)
+    cache, table, fold, cache_row = fold_data(config)
     pseudo_labels = np.asarray(pseudo_labels)
     if pseudo_labels.shape != (len(table),):
         raise HcldError(

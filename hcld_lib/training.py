@@ -42,7 +42,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -61,6 +61,10 @@ from hcld_lib.io import (
 )
 from hcld_lib.metrics import classification_metrics
 from hcld_lib.sampler import ContrastiveBatchSampler
+
+if TYPE_CHECKING:
+    from hcld_lib.features import FeatureCache
+    from hcld_lib.splits import Fold
 
 LOSS_TERMS: tuple[str, ...] = (
     "ce_emotion",
@@ -415,6 +419,29 @@ def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+def fold_data(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.ndarray]:
+    """The cache, its utterance table, the config's fold, and each table row's cache row.
+
+    What :func:`train_run` and the §6 pretraining both start from, so that they see the same split.
+    """
+    from hcld_lib.features import open_cache
+    from hcld_lib.splits import make_folds
+
+    cache = open_cache(config.features)
+    table = cache.table.reset_index(drop=True)
+    folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
+    if not 0 <= config.fold < len(folds):
+        raise HcldError(f"fold={config.fold} but protocol {config.protocol!r} gives "
+                        f"{len(folds)} folds (0..{len(folds) - 1})")
+    id_to_row = {uid: i for i, uid in enumerate(cache.ids)}
+    try:
+        cache_row = np.array([id_to_row[u] for u in table["utterance_id"]], dtype=np.int64)
+    except KeyError as err:
+        raise HcldError(f"utterance {err} of the cache's table has no features in "
+                        f"{config.features}; re-extract the cache") from err
+    return cache, table, folds[config.fold], cache_row
+
+
 def train_run(
     config: RunConfig,
     verbose: bool = False,
@@ -435,9 +462,8 @@ def train_run(
         ``n_train`` / ``n_val`` / ``n_test`` / ``n_speaker_test``, ``emotion_labels``,
         ``speaker_labels``, ``seconds``. If ``metrics.json`` exists it is returned at once.
     """
-    from hcld_lib.features import FeatureNormalizer, open_cache
+    from hcld_lib.features import FeatureNormalizer
     from hcld_lib.models import DualBranchModel
-    from hcld_lib.splits import make_folds
 
     run_dir = Path(config.out_dir) / config.resolved_run_name
     metrics_path = run_dir / "metrics.json"
@@ -450,19 +476,7 @@ def train_run(
     device = resolve_device(config.device)
 
     # --- data: cache, fold, label budget, normaliser -----------------------------------------
-    cache = open_cache(config.features)
-    table = cache.table.reset_index(drop=True)
-    folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
-    if not 0 <= config.fold < len(folds):
-        raise HcldError(f"fold={config.fold} but protocol {config.protocol!r} gives "
-                        f"{len(folds)} folds (0..{len(folds) - 1})")
-    fold = folds[config.fold]
-    id_to_row = {uid: i for i, uid in enumerate(cache.ids)}
-    try:
-        cache_row = np.array([id_to_row[u] for u in table["utterance_id"]], dtype=np.int64)
-    except KeyError as err:
-        raise HcldError(f"utterance {err} of the cache's table has no features in "
-                        f"{config.features}; re-extract the cache") from err
+    cache, table, fold, cache_row = fold_data(config)
     emotion_labels = emotion_labels_of(table)
     emo_index = {e: i for i, e in enumerate(emotion_labels)}
     emotion_all = table["emotion"].astype(str).map(emo_index).to_numpy(np.int64)

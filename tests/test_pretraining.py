@@ -199,7 +199,7 @@ def test_pretraining_is_skipped_when_the_file_exists(pretrained, monkeypatch):
     config, pseudo, result = pretrained
     import hcld_lib.pretraining as pre
 
-    monkeypatch.setattr(pre, "_fold_data", lambda *a: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(pre, "fold_data", lambda *a: (_ for _ in ()).throw(AssertionError))
     again = pretrain_emotion_encoder(config, pseudo, result["path"], epochs=8)
     assert again["skipped"]
     pd.testing.assert_frame_equal(again["history"], result["history"])
