@@ -59,7 +59,8 @@ def provenance(
     return " | ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
 
 
-def _finish(fig: Figure, title: str | None, caption: str | None) -> Figure:
+def finish_figure(fig: Figure, title: str | None, caption: str | None) -> Figure:
+    """Add the bold title and the provenance caption at the bottom, then lay the figure out."""
     if title:
         fig.suptitle(title, fontsize=12, fontweight="bold")
     rect_bottom = 0.0
@@ -184,7 +185,7 @@ def plot_spectrograms_per_emotion(
         ax.set_ylabel("mel band")
     if image is not None:
         fig.colorbar(image, cax=axes[0, n], label="power (dB)")
-    return _finish(fig, f"Log-mel spectrogram, one utterance per emotion, speaker {speaker}",
+    return finish_figure(fig, f"Log-mel spectrogram, one utterance per emotion, speaker {speaker}",
                    caption)
 
 
@@ -253,7 +254,7 @@ def plot_corpus_overview(table: pd.DataFrame, caption: str | None = None) -> Fig
            ylabel="utterances")
     ax.legend(fontsize=8)
     n_spk = table["speaker"].nunique()
-    return _finish(fig, f"Corpus: {len(table)} utterances, {n_spk} speakers", caption)
+    return finish_figure(fig, f"Corpus: {len(table)} utterances, {n_spk} speakers", caption)
 
 
 # --- training -------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def plot_training_curves(
             ax.axvline(selected_epoch, color="k", ls=":", lw=1)
         axes[1].annotate("selected (val)", (selected_epoch, 0.02),
                          xycoords=("data", "axes fraction"), fontsize=7, rotation=90, ha="right")
-    return _finish(fig, title or "Training curves", caption)
+    return finish_figure(fig, title or "Training curves", caption)
 
 
 # --- embedding spaces -----------------------------------------------------------------------
@@ -408,7 +409,7 @@ def plot_umap_grid(
             _scatter(axes[r, c0 + 1], xy, speaker, spk_colors, "speaker", legend=True)
             axes[r, c0].set_title(f"{variant_label(name)}: {sym} by emotion", fontsize=10)
             axes[r, c0 + 1].set_title(f"{variant_label(name)}: {sym} by speaker", fontsize=10)
-    return _finish(fig, "Test embeddings (UMAP, cosine)", caption)
+    return finish_figure(fig, "Test embeddings (UMAP, cosine)", caption)
 
 
 _PROBES: tuple[tuple[str, str, str], ...] = (
@@ -470,7 +471,7 @@ def plot_scorecard(df: pd.DataFrame, caption: str | None = None) -> Figure:
     ax.set(title="Cosine silhouettes (higher = clustered by that label)", xlabel="variant",
            ylabel="silhouette")
     ax.legend(fontsize=7, loc="best", ncol=2)
-    return _finish(fig, "Decoupling scorecard (test embeddings)", caption)
+    return finish_figure(fig, "Decoupling scorecard (test embeddings)", caption)
 
 
 def plot_grid_comparison(
@@ -506,7 +507,7 @@ def plot_grid_comparison(
         task, _, name = metric.partition("_")
         ax.set_ylabel(f"{'emotion' if task == 'emo' else 'speaker'} {name.upper()} (%)")
     axes[0, 0].legend(fontsize=7, loc="lower left")
-    return _finish(fig, "Ours beside the paper's Table II", caption)
+    return finish_figure(fig, "Ours beside the paper's Table II", caption)
 
 
 def plot_feature_examples(cache: Any, caption: str | None = None, seed: int = 0) -> Figure:
@@ -528,7 +529,7 @@ def plot_feature_examples(cache: Any, caption: str | None = None, seed: int = 0)
         ax.set_title(f"{emo}  ({utt})", fontsize=9, color=EMOTION_COLORS.get(emo))
         ax.set(xlabel="time (s)", ylabel="feature dimension")
     backbone = cache.meta.get("backbone", "?")
-    return _finish(fig, f"Cached {backbone} features, one utterance per emotion", caption)
+    return finish_figure(fig, f"Cached {backbone} features, one utterance per emotion", caption)
 
 
 def plot_confusion(
@@ -550,4 +551,4 @@ def plot_confusion(
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="true")
     fig.colorbar(image, ax=ax, label="% of true class")
-    return _finish(fig, title, caption)
+    return finish_figure(fig, title, caption)

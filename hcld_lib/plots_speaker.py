@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hcld_lib.io import HcldError
-from hcld_lib.plots import variant_label
+from hcld_lib.plots import finish_figure, variant_label
 
 CONDITION_LABELS: dict[str, str] = {
     "none": "no pretraining (EMO-only)",
@@ -27,17 +27,6 @@ CONDITION_COLORS: dict[str, str] = {
     "cluster": "#1f77b4",
     "cluster+hcld": "#d62728",
 }
-
-
-def _finish(fig: Figure, title: str | None, caption: str | None) -> Figure:
-    if title:
-        fig.suptitle(title, fontsize=12, fontweight="bold")
-    bottom = 0.0
-    if caption:
-        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8, color="0.35")
-        bottom = 0.04
-    fig.tight_layout(rect=(0, bottom, 1, 0.95 if title else 1))
-    return fig
 
 
 def source_label(name: str) -> str:
@@ -75,7 +64,7 @@ def plot_contingency(
         ax.set_xticks(range(t.shape[1]), list(t.columns), fontsize=8)
         ax.set_yticks(range(t.shape[0]), list(t.index), fontsize=8)
         ax.set_title(str(spk), fontsize=9)
-    return _finish(fig, title or "Intra-speaker clusters x emotions", caption)
+    return finish_figure(fig, title or "Intra-speaker clusters x emotions", caption)
 
 
 def plot_nmi_bars(
@@ -115,7 +104,7 @@ def plot_nmi_bars(
     ax.set_ylim(0, max(0.1, 1.25 * top))
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, title or "Emotion inside speaker spaces", caption)
+    return finish_figure(fig, title or "Emotion inside speaker spaces", caption)
 
 
 def plot_label_budget(
@@ -145,7 +134,7 @@ def plot_label_budget(
     ax.set_ylabel(f"test emotion {metric.upper()} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _finish(fig, title or "Label budget: cluster-based pretraining", caption)
+    return finish_figure(fig, title or "Label budget: cluster-based pretraining", caption)
 
 
 def plot_pretrain_loss(
@@ -175,4 +164,4 @@ def plot_pretrain_loss(
     ax.set_ylabel("loss (mean over batches)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _finish(fig, title or "Cluster-based contrastive pretraining", caption)
+    return finish_figure(fig, title or "Cluster-based contrastive pretraining", caption)
