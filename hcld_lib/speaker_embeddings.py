@@ -368,18 +368,16 @@ def load_branch_embeddings(run: str | os.PathLike, require_x_s: bool = True) -> 
     Raises an :class:`HcldError` when the file is missing, or when ``require_x_s`` and the run has
     no speaker branch (EMO-only saves no ``x_s``).
     """
+    from hcld_lib.decoupling import load_embeddings
+
     path = Path(run)
     if path.is_dir():
         path = path / "embeddings.npz"
-    if not path.is_file():
-        raise HcldError(f"{path} does not exist: train the run first (hcld_lib.training.train_run)")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    for k in ("emotion", "speaker", "utterance_id"):
-        if k not in arrays:
-            raise HcldError(
-                f"{path} has no {k!r} array (has {sorted(arrays)}); re-run the training"
-            )
+    arrays = load_embeddings(path)  # checks the file and the x_e / emotion / speaker arrays
+    if "utterance_id" not in arrays:
+        raise HcldError(
+            f"{path} has no 'utterance_id' array (has {sorted(arrays)}); re-run the training"
+        )
     if require_x_s and "x_s" not in arrays:
         raise HcldError(
             f"{path} has no x_s: the run has no speaker branch (EMO-only); "
