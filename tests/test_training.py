@@ -249,3 +249,41 @@ def test_init_emotion_encoder_loads_the_weights(emo_only_run, cache_path, tmp_pa
     trained = dict(loaded.emotion_encoder.named_parameters())
     for key, value in model.emotion_encoder.named_parameters():  # (buffers: BatchNorm stats move)
         torch.testing.assert_close(trained[key], value, rtol=1e-6, atol=1e-6)
+
+
+# --- all-layer SSL caches: the learnable layer sum (SUPERB style) ------------------------------
+
+
+def test_all_layer_cache_trains_a_learnable_layer_sum(tmp_path, monkeypatch):
+    """A ``layer="all"`` cache of a (tiny, random) HF HuBERT trains end to end: the model gets a
+    softmax-weighted layer sum per branch, the weights move, and the saved model re-embeds."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    from hcld_lib.features import extract_features
+    from hcld_lib.models import LayerWeightedSum
+    from hcld_lib.synthetic import synthesize_corpus
+    from hcld_lib.training import embed, load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-hubert"
+    HubertModel(HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    table = synthesize_corpus(tmp_path / "corpus", n_utterances=48, seed=1)
+    cache = extract_features(table, f"hf:{folder}", tmp_path / "cache", max_seconds=1.0,
+                             layer="all", progress=False)
+    assert cache.n_layers == 3 and cache.array.ndim == 4  # [N, L, T, D]: input + 2 layers
+
+    config = _config(str(cache.path), tmp_path / "runs", "hcld", epochs=2, n_folds=2)
+    metrics = train_run(config)
+    assert math.isfinite(metrics["test"]["emotion"]["ua"])
+    model, _ = load_model(Path(config.out_dir) / config.resolved_run_name)
+    sums = [m for m in model.modules() if isinstance(m, LayerWeightedSum)]
+    assert len(sums) == 2  # one per branch
+    weights = torch.cat([p.detach().flatten() for m in sums for p in m.parameters()])
+    assert weights.abs().max() > 0  # trained away from the uniform start
+    out = embed(Path(config.out_dir) / config.resolved_run_name, cache, [0, 1, 2])
+    assert out["x_e"].shape == (3, TINY["embed_dim"])
