@@ -541,6 +541,34 @@ def summarize_label_budget(df: pd.DataFrame) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
+def label_budget_sentences(summary: pd.DataFrame) -> list[str]:
+    """One sentence per pretrained condition and labelled fraction: its emotion-UA gain over no
+    pretraining at that fraction, and a word for it.
+
+    ``"helps"`` / ``"hurts"`` when the gain is larger than the spread over folds (the larger of the
+    two conditions' stds), ``"inconclusive"`` otherwise or when the spread is unknown (one fold).
+
+    Args: summary: the output of :func:`summarize_label_budget`.
+    """
+    from hcld_lib.plots_speaker import CONDITION_LABELS
+
+    none = summary[summary["condition"] == "none"].set_index("train_fraction")
+    lines = []
+    for cond in [c for c in summary["condition"].unique() if c != "none"]:
+        sub = summary[summary["condition"] == cond].set_index("train_fraction")
+        for f in sub.index:
+            if f not in none.index:
+                continue
+            gain = 100 * (sub.loc[f, "ua_mean"] - none.loc[f, "ua_mean"])
+            spread = 100 * max(sub.loc[f, "ua_std"], none.loc[f, "ua_std"])
+            word = ("inconclusive" if spread != spread or abs(gain) <= spread else
+                    "helps" if gain > 0 else "hurts")
+            lines.append(f"- {CONDITION_LABELS.get(cond, cond)}, {100 * f:g}% labels: "
+                         f"{gain:+.1f} UA points vs no pretraining (fold spread {spread:.1f}): "
+                         f"**{word}**.")
+    return lines
+
+
 def label_budget_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as a readable table: rows = labelled fraction, columns = conditions, cells
     ``"UA ± std"`` in percent."""

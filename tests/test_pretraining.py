@@ -17,6 +17,7 @@ from hcld_lib.pretraining import (
     cluster_pairs,
     fold_pseudo_labels,
     label_budget_experiment,
+    label_budget_sentences,
     label_budget_table,
     pretrain_emotion_encoder,
     pretraining_rows,
@@ -290,3 +291,25 @@ def test_label_budget_rejects_bad_arguments(cache_path, tmp_path):
         label_budget_experiment(base, spk, conditions=("magic",), out_dir=tmp_path)
     with pytest.raises(HcldError, match="fractions"):
         label_budget_experiment(base, spk, fractions=(0.0,), out_dir=tmp_path)
+
+
+def test_label_budget_sentences_weigh_the_gain_against_the_fold_spread():
+    nan = float("nan")
+    summary = pd.DataFrame(
+        [("none", 0.1, 0.40, 0.01), ("none", 1.0, 0.62, 0.01), ("none", 0.5, 0.50, nan),
+         ("cluster", 0.1, 0.50, 0.02), ("cluster", 1.0, 0.60, 0.05), ("cluster", 0.5, 0.55, nan),
+         ("cluster+hcld", 0.1, 0.30, 0.02)],
+        columns=["condition", "train_fraction", "ua_mean", "ua_std"],
+    )
+    lines = label_budget_sentences(summary)
+    assert len(lines) == 4
+    # +10.0 points, spread max(2, 1) = 2: helps
+    assert "10% labels: +10.0 UA points" in lines[0] and "(fold spread 2.0)" in lines[0]
+    assert lines[0].endswith("**helps**.")
+    # -2.0 points within a spread of 5.0: inconclusive
+    assert "100% labels: -2.0 UA points" in lines[1] and lines[1].endswith("**inconclusive**.")
+    # one fold: no spread, no verdict
+    assert "50% labels: +5.0" in lines[2] and lines[2].endswith("**inconclusive**.")
+    # -10.0 points beyond a spread of 2.0: hurts
+    assert lines[3].startswith("- cluster pretraining + HCLD, 10% labels: -10.0")
+    assert lines[3].endswith("**hurts**.")
