@@ -25,8 +25,10 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from hcld_lib import features as F
-from hcld_lib.audio import load_audio
+from hcld_lib.data.audio import load_audio
+from hcld_lib.features import extract as F
+from hcld_lib.features.cache import open_cache
+from hcld_lib.features.fbank import FbankBackbone
 
 
 def make_corpus(folder: Path, n: int, seconds: float, sr: int = 16000) -> pd.DataFrame:
@@ -104,7 +106,7 @@ def main() -> None:
     )
 
     # ---- fbank
-    fb = F.FbankBackbone()
+    fb = FbankBackbone()
     fb.forward(waves[:1], (0,))  # warm-up (imports, kernels)
     bare = timed(lambda: [fb.forward(b, (0,)) for b in batches_of(waves, args.batch_size)], 3)
     ours = timed(
@@ -181,7 +183,7 @@ def main() -> None:
     )
 
     # ---- cache reads for training
-    cache = F.open_cache(cache.path)
+    cache = open_cache(cache.path)
     rng = np.random.default_rng(0)
     n_read = 0
     t0 = time.perf_counter()

@@ -19,11 +19,12 @@ import time
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
-from hcld_lib.config import EMOTIONS
-from hcld_lib.label_embeddings import LabelAnchors
-from hcld_lib.losses import icld_loss, label_anchored_loss, supcon_loss, task_loss
-from hcld_lib.models import ENCODER_ARCHS, DualBranchModel, build_encoder
+from hcld_lib.data.labels import EMOTIONS
+from hcld_lib.method.anchors import LabelAnchors
+from hcld_lib.method.losses import objective
+from hcld_lib.method.models import ENCODER_ARCHS, DualBranchModel, build_encoder
 
 FRAMES, FEATURES, EMBED, N_SPEAKERS = 374, 768, 256, 10
 
@@ -70,12 +71,9 @@ def encoder_throughput(steps: int) -> None:
 
 def hcld_loss_step(x_e, x_s, emotion, speaker, anchors, heads) -> None:
     """Forward + backward of L = L_task + L_CLD + L_SCL + L_Label on given embeddings."""
-    total = (
-        icld_loss(x_e, x_s, emotion, speaker)["total"]
-        + supcon_loss(x_e, emotion)
-        + label_anchored_loss(anchors(emotion), x_e, emotion)
-        + task_loss(heads[0](x_e), emotion, heads[1](x_s), speaker)
-    )
+    out = {"x_e": x_e, "x_s": x_s, "emotion_logits": heads[0](x_e),
+           "speaker_logits": heads[1](x_s)}
+    total, _ = objective(out, emotion, speaker, anchors(emotion))
     total.backward()
 
 
@@ -104,7 +102,7 @@ def hcld_loss_cost(batch_sizes: list[int], steps: int, frame_budget: int) -> Non
         def cnn_step(model=model, x=x, lengths=lengths, emotion=emotion) -> None:
             model.zero_grad(set_to_none=True)
             out = model(x, lengths)
-            task_loss(out["emotion_logits"], emotion).backward()
+            F.cross_entropy(out["emotion_logits"], emotion).backward()
 
         loss_sec = timed(partial(hcld_loss_step, x_e, x_s, emotion, speaker, anchors, heads), 5)
         cnn_sec = timed(cnn_step, steps)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from hcld_lib.synthetic import plan_corpus, render_utterance, synthesize_corpus
+from hcld_lib.data.render import render_utterance
+from hcld_lib.data.synthetic import plan_corpus, synthesize_corpus
 
 
 def _rate(audio_s: float, cpu: float, wall: float) -> str:

@@ -4,9 +4,10 @@
     python -m hcld_lib.batch --profile paper -p dataset iemocap -p iemocap_root /data/IEMOCAP
     python -m hcld_lib.batch --only 04 -p epochs 3   # one notebook with other parameters
 
-Executed copies go to ``runs/notebooks/`` (git-ignored); the notebooks themselves write the figures
-to ``figures/`` and the tables to ``results/``. A notebook that raises stops the batch with its
-name and the path of the executed copy, where the traceback is.
+Executed copies go to ``runs/notebooks/`` (git-ignored); the notebooks write their figures and
+tables to ``results/<experiment>/`` (and the default experiment's figures to ``figures/``). A
+parameter that no notebook knows is an error before anything runs; a notebook that raises stops
+the batch with its name and the path of the executed copy, where the traceback is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from hcld_lib.experiments.params import profile as get_profile
 from hcld_lib.io import HcldError, atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,22 @@ def parse_value(text: str) -> object:
         return text
 
 
+def check_parameters(paths: list[Path], parameters: dict[str, object]) -> None:
+    """Refuse a parameter that none of ``paths`` declares in its ``parameters`` cell, naming the
+    known ones (a typo such as ``datset`` would otherwise be ignored by papermill)."""
+    import papermill as pm
+
+    known: set[str] = set()
+    for path in paths:
+        known |= set(pm.inspect_notebook(str(path)))
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise HcldError(
+            f"unknown parameter(s) {unknown} for {', '.join(p.name for p in paths)}; the known "
+            f"parameters are: {', '.join(sorted(known))}"
+        )
+
+
 def run_batch(
     profile: str = "quick",
     parameters: dict[str, object] | None = None,
@@ -54,28 +72,23 @@ def run_batch(
 ) -> list[tuple[str, float]]:
     """Execute the notebooks in order; return (name, seconds) for each.
 
-    ``threads`` sets ``OMP_NUM_THREADS`` for the kernels. The quick profile's encoders are so
-    small that torch's intra-op threads cost more than they give (4-7x slower with two threads
-    when anything else uses the cores), so it defaults to 1 there; other profiles keep torch's
-    default unless given. An ``OMP_NUM_THREADS`` already in the environment wins.
+    ``threads`` sets ``OMP_NUM_THREADS`` for the kernels (default: the profile's ``threads``;
+    the quick profile's encoders are so small that torch's intra-op threads cost more than they
+    give, so it uses 1). An ``OMP_NUM_THREADS`` already in the environment wins.
     """
     import papermill as pm
 
-    from hcld_lib.config import PROFILES
-
-    if profile not in PROFILES:
-        raise HcldError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    threads = get_profile(profile).threads if threads is None else threads
     notebooks_dir = REPO / "notebooks"
+    paths = notebook_paths(notebooks_dir, only)
+    params = {"profile": profile, **(parameters or {})}
+    check_parameters(paths, params)
     out_dir = out_dir or REPO / "runs" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / "runs" / ".numba-cache"))
-    if threads is None and profile == "quick":
-        threads = 1
     if threads is not None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    params = {"profile": profile, **(parameters or {})}
     timings: list[tuple[str, float]] = []
-    for nb in notebook_paths(notebooks_dir, only):
+    for nb in paths:
         print(f"[hcld] {nb.name} ...", flush=True)
         start = time.perf_counter()
         output = out_dir / nb.name
@@ -107,7 +120,8 @@ def run_batch(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hcld_lib.batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", help="profile in hcld_lib.config.PROFILES")
+    parser.add_argument("--profile", default="quick",
+                        help="a profile of hcld_lib.experiments.params.PROFILES")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"), help="a notebook parameter (repeatable)")
     parser.add_argument("--only", nargs="+", help="run only notebooks whose name starts with these")

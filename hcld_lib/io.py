@@ -1,4 +1,4 @@
-"""Atomic file writing and the user-facing error type.
+"""Atomic file writing, the user-facing error type, and the names of things on disk.
 
 Every cache, result and checkpoint in hcld is written through these helpers: the bytes go to a
 temporary file in the destination folder, are flushed to disk, and replace the destination in one
@@ -8,6 +8,7 @@ temporary file in the destination folder, are flushed to disk, and replace the d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -114,3 +115,15 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def slug(text: object) -> str:
+    """A folder-name form of ``text``: letters, digits and ``-_.`` kept, anything else ``-``."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(text))
+    return keep.strip("-") or "x"
+
+
+def short_hash(obj: Any, length: int = 8) -> str:
+    """The first ``length`` hex digits of the SHA-1 of ``obj`` as sorted JSON (a stable key)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:length]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hcld_lib.audio import audio_num_samples, load_audio, resample
+from hcld_lib.data.audio import audio_num_samples, load_audio, resample
 from hcld_lib.io import HcldError
 
 

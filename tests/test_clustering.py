@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hcld_lib.clustering import (
+from hcld_lib.analysis.clustering import (
     cluster_agreement,
     cluster_pseudo_labels,
     contingency_tables,

@@ -1,37 +1,66 @@
-"""The run configuration: named variants, profiles and refused values."""
+"""The run configuration: variants own their switches, readings name themselves, bad values are
+refused by name; profiles separate corpus, run and grid settings."""
 
 from __future__ import annotations
 
 import pytest
 
-from hcld_lib.config import PAPER_VARIANTS, PROFILES, VARIANTS, RunConfig, profile_run_overrides
+from hcld_lib.experiments.params import PROFILES, profile, setup
 from hcld_lib.io import HcldError
+from hcld_lib.method.variants import PAPER_VARIANTS, VARIANT_FIELDS, VARIANTS, variant_settings
+from hcld_lib.training.config import RunConfig
 
 
-def test_defaults_follow_the_paper_and_the_spec_readings():
+def test_defaults_follow_the_paper_and_the_readings_of_the_open_points():
     c = RunConfig()
     assert (c.lr, c.batch_size, c.epochs, c.warmup_epochs, c.embed_dim) == (5e-4, 32, 100, 5, 256)
-    assert (c.margin, c.temperature) == (0.0, 0.07)
+    assert (c.margin, c.temperature, c.branches) == (0.0, 0.07, "separate")
     assert (c.pos_space, c.hinge, c.supcon_space, c.lcl_include_self) == (
         "emotion", "text", "emotion", False)
     assert (c.w_cld, c.w_supcon, c.w_label, c.w_orth) == (1.0, 1.0, 1.0, 0.0)
 
 
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_a_variant_gives_exactly_its_settings(name):
+    config = RunConfig(variant=name)
+    assert {k: getattr(config, k) for k in VARIANT_FIELDS} == variant_settings(name)
+
+
 def test_named_variants_switch_the_right_terms():
-    assert RunConfig.for_variant("emo_only").speaker_branch is False
-    assert RunConfig.for_variant("orth").w_orth == 1.0
-    assert RunConfig.for_variant("orth").w_cld == 0.0
-    assert RunConfig.for_variant("hcld_wo_supcon").w_supcon == 0.0
-    assert RunConfig.for_variant("hcld_wo_lcl").w_label == 0.0
-    assert RunConfig.for_variant("hcld_pos_speaker").pos_space == "speaker"
-    assert RunConfig.for_variant("hcld_printed_hinge").hinge == "printed"
-    assert RunConfig.for_variant("hcld_supcon_speaker").supcon_space == "speaker"
-    assert RunConfig.for_variant("hcld_lcl_self").lcl_include_self is True
+    emo = RunConfig(variant="emo_only")
+    assert emo.speaker_branch is False and emo.w_task_speaker == 0.0
+    assert (emo.w_cld, emo.w_supcon, emo.w_label, emo.w_orth) == (0.0, 0.0, 0.0, 0.0)
+    assert emo.resolved_run_name == "emo_only__cnn__paper-fold0__seed0"
+    orth = RunConfig(variant="orth")
+    assert (orth.w_orth, orth.w_cld, orth.w_supcon, orth.w_label) == (1.0, 0.0, 0.0, 0.0)
+    assert RunConfig(variant="hcld_pos_speaker").pos_space == "speaker"
+    assert RunConfig(variant="hcld_lcl_self").lcl_include_self is True
     assert set(PAPER_VARIANTS) <= set(VARIANTS)
 
 
-def test_overrides_win_over_the_variant():
-    assert RunConfig.for_variant("orth", w_orth=0.5, epochs=3).w_orth == 0.5
+def test_replacing_the_variant_brings_all_of_its_settings():
+    hcld = RunConfig(variant="hcld", epochs=3)
+    emo = hcld.replace(variant="emo_only")
+    assert emo.speaker_branch is False and emo.w_cld == 0.0 and emo.epochs == 3
+    back = emo.replace(variant="hcld")
+    assert back.to_dict() == hcld.to_dict()
+    # a switch given with the new variant is kept
+    assert hcld.replace(variant="orth", w_orth=0.5).w_orth == 0.5
+    assert RunConfig(variant="orth", w_orth=0.5).w_orth == 0.5
+
+
+def test_a_reading_names_itself_only_when_a_term_reads_it():
+    hcld = RunConfig(variant="hcld")
+    assert hcld.reading() == {}
+    assert hcld.replace(margin=0.2).resolved_run_name == (
+        "hcld__cnn__paper-fold0__seed0__margin=0.2")
+    assert hcld.replace(branches="shared").reading() == {"branches": "shared"}
+    # the orth form is not read by HCLD (w_orth = 0), the margin not by EMO-only
+    assert hcld.replace(orth_form="batch").resolved_run_name == hcld.resolved_run_name
+    emo = RunConfig(variant="emo_only")
+    assert emo.replace(margin=0.5).resolved_run_name == emo.resolved_run_name
+    assert emo.replace(margin=0.5).identity() == emo.identity()
+    assert RunConfig(variant="orth", orth_form="batch").reading() == {"orth_form": "batch"}
 
 
 @pytest.mark.parametrize(
@@ -41,7 +70,10 @@ def test_overrides_win_over_the_variant():
         (dict(protocol="random"), "protocol='random'"),
         (dict(emotion_arch="gru"), "emotion_arch='gru'"),
         (dict(hinge="soft"), "hinge='soft'"),
+        (dict(branches="twin"), "branches='twin'"),
         (dict(train_fraction=0.0), "train_fraction=0.0"),
+        (dict(variant="emo_only", w_cld=1.0), "speaker_branch=False"),
+        (dict(branches="shared", speaker_arch="lstm"), "branches='shared' has one encoder"),
     ],
 )
 def test_bad_values_are_refused_by_name(kwargs, words):
@@ -50,7 +82,7 @@ def test_bad_values_are_refused_by_name(kwargs, words):
 
 
 def test_run_names_differ_by_what_defines_a_run():
-    a = RunConfig.for_variant("hcld", fold=0)
+    a = RunConfig(variant="hcld", fold=0)
     names = {
         a.resolved_run_name,
         a.replace(fold=1).resolved_run_name,
@@ -59,15 +91,32 @@ def test_run_names_differ_by_what_defines_a_run():
         a.replace(protocol="loso").resolved_run_name,
         a.replace(seed=1).resolved_run_name,
         a.replace(train_fraction=0.25).resolved_run_name,
-        RunConfig.for_variant("orth").resolved_run_name,
+        a.replace(temperature=0.2).resolved_run_name,
+        RunConfig(variant="orth").resolved_run_name,
     }
-    assert len(names) == 8
+    assert len(names) == 9
 
 
-def test_profiles_hold_only_known_run_fields_or_corpus_settings():
-    for name in PROFILES:
-        run = profile_run_overrides(name)
-        RunConfig(**run)  # every run field of a profile is valid
-    assert profile_run_overrides("paper")["epochs"] == 100
+def test_profiles_separate_corpus_run_and_grid_settings():
+    for prof in PROFILES.values():
+        RunConfig(**prof.run)  # every run field of a profile is valid
+        assert {"dataset", "backbone"} <= set(prof.corpus)
+        assert prof.folds >= 1 and prof.seeds
+    assert profile("paper").run["epochs"] == 100
     with pytest.raises(HcldError, match="unknown profile 'fast'"):
-        profile_run_overrides("fast")
+        profile("fast")
+
+
+def test_setup_reads_the_knobs_of_a_namespace_and_names_the_experiment(tmp_path):
+    exp = setup({"profile": "quick", "folds": 3, "seeds": [0, 1], "unrelated": 1},
+                work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
+    assert exp.folds == [0, 1, 2] and exp.seeds == [0, 1] and exp.is_default
+    assert exp.name == "synthetic-n1000-seed0__fbank__paper__quick"
+    assert exp.results_dir == tmp_path / "r" / exp.name
+    other = setup(protocol="loso", overrides={"embed_dim": 32}, work_dir=str(tmp_path))
+    assert not other.is_default and other.name.startswith("synthetic-n1000-seed0__fbank__loso")
+    assert other.run_settings["embed_dim"] == 32
+    with pytest.raises(HcldError, match="not RunConfig fields"):
+        setup(overrides={"embed_dimm": 32})
+    with pytest.raises(HcldError, match="needs iemocap_root"):
+        setup(dataset="iemocap")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from hcld_lib import data
-from hcld_lib.config import EMOTIONS
 from hcld_lib.data import load_corpus, load_iemocap, load_manifest
+from hcld_lib.data.labels import EMOTIONS
 from hcld_lib.io import HcldError
 
 COLUMNS = ["utterance_id", "path", "speaker", "emotion", "session", "gender", "duration"]
@@ -329,11 +329,11 @@ def test_load_corpus_errors(args: dict[str, object], match: str) -> None:
 
 
 def test_reexports() -> None:
-    from hcld_lib.synthetic import synthesize_corpus
+    from hcld_lib.data.synthetic import synthesize_corpus
 
     assert data.synthesize_corpus is synthesize_corpus
     audio = pytest.importorskip("hcld_lib.audio")
-    from hcld_lib.data import load_audio
+    from hcld_lib.data.audio import load_audio
 
     assert load_audio is audio.load_audio
     with pytest.raises(AttributeError):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hcld_lib.decoupling import (
+from hcld_lib.analysis.decoupling import (
     decoupling_scorecard,
     linear_probe_accuracy,
-    load_embeddings,
     scorecard_table,
     silhouettes,
     umap_embed,
@@ -108,13 +107,6 @@ def test_scorecard_without_speaker_branch_has_no_x_s_measures(tmp_path):
     assert list(table.index) == ["emo_only", "hcld"]
     assert np.isnan(table.loc["emo_only", "emotion_from_x_s_bacc"])
     assert not np.isnan(table.loc["hcld", "emotion_from_x_s_bacc"])
-
-
-def test_load_embeddings_says_what_is_missing(tmp_path):
-    with pytest.raises(HcldError, match="does not exist"):
-        load_embeddings(tmp_path / "nowhere")
-    with pytest.raises(HcldError, match="lacks"):
-        load_embeddings({"x_e": np.zeros((3, 2))})
 
 
 def test_umap_is_deterministic_and_two_dimensional():

@@ -15,15 +15,16 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from helpers import tiny_hubert
 
-from hcld_lib import features as F
-from hcld_lib.features import (
-    FeatureNormalizer,
-    conv_frame_count,
-    extract_features,
-    hubert_checkpoint_url,
-    open_cache,
-)
+from hcld_lib.data.audio import load_audio
+from hcld_lib.features import ssl
+from hcld_lib.features.backbone import conv_frame_count
+from hcld_lib.features.cache import open_cache
+from hcld_lib.features.extract import extract_features
+from hcld_lib.features.fbank import FbankBackbone
+from hcld_lib.features.normalizer import FeatureNormalizer
+from hcld_lib.features.ssl import TorchaudioHubertBackbone, hubert_checkpoint_url
 from hcld_lib.io import HcldError
 
 HUBERT_FILE = "hubert_fairseq_base_ls960.pth"
@@ -100,7 +101,7 @@ def test_fbank_matches_kaldi_fbank():
 
     rng = np.random.default_rng(0)
     waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (400, 5000, 48000)]
-    out, frames = F.FbankBackbone().forward(waves, (0,))
+    out, frames = FbankBackbone().forward(waves, (0,))
     assert out.shape == (3, 1, 149, 80) and frames.tolist() == [1, 15, 149]
     for i, w in enumerate(waves):
         ref = kaldi.fbank(
@@ -158,9 +159,9 @@ def test_resume_after_crash_computes_only_missing_rows(tmp_path, monkeypatch):
     table = _table(tmp_path / "wav", [0.4 + 0.3 * i for i in range(10)])
     reference = extract_features(table, "fbank", tmp_path / "ref", batch_size=2, progress=False)
 
-    original = F.FbankBackbone.forward
+    original = FbankBackbone.forward
     crash = _Counter(original, fail_after=2)
-    monkeypatch.setattr(F.FbankBackbone, "forward", crash.method())
+    monkeypatch.setattr(FbankBackbone, "forward", crash.method())
     with pytest.raises(KeyboardInterrupt):
         extract_features(table, "fbank", tmp_path / "run", batch_size=2, progress=False)
     folder = next((tmp_path / "run").iterdir())
@@ -169,14 +170,14 @@ def test_resume_after_crash_computes_only_missing_rows(tmp_path, monkeypatch):
         open_cache(folder)
 
     resume = _Counter(original)
-    monkeypatch.setattr(F.FbankBackbone, "forward", resume.method())
+    monkeypatch.setattr(FbankBackbone, "forward", resume.method())
     cache = extract_features(table, "fbank", tmp_path / "run", batch_size=2, progress=False)
     assert resume.utterances == 10 - 2 * 2
     np.testing.assert_array_equal(cache.array, reference.array)
     np.testing.assert_array_equal(cache.lengths, reference.lengths)
 
     again = _Counter(original)
-    monkeypatch.setattr(F.FbankBackbone, "forward", again.method())
+    monkeypatch.setattr(FbankBackbone, "forward", again.method())
     assert extract_features(table, "fbank", tmp_path / "run", progress=False).path == cache.path
     assert again.utterances == 0  # a complete cache is reused, not recomputed
 
@@ -292,7 +293,8 @@ def torch_home(tmp_path_factory) -> Path:
     return home
 
 
-def test_missing_hubert_checkpoint_names_path_and_url(tmp_path, monkeypatch):
+def test_missing_hubert_checkpoint_offline_names_path_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("HCLD_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     table = _table(tmp_path / "wav", [0.5])
     expected_path = tmp_path / "empty_home" / "hub" / "checkpoints" / HUBERT_FILE
@@ -304,6 +306,31 @@ def test_missing_hubert_checkpoint_names_path_and_url(tmp_path, monkeypatch):
     assert url in message and hubert_checkpoint_url() == url
     with pytest.raises(HcldError, match="does not exist"):
         extract_features(table, "torchaudio:hubert_base", tmp_path / "c", checkpoint=tmp_path / "x")
+
+
+def test_hubert_downloads_into_the_torch_hub_cache_when_online(tmp_path, monkeypatch):
+    """Online (no offline flag), an absent checkpoint is fetched once from the URL into the torch
+    hub cache; the URL here is a local file, so nothing touches the network."""
+    source = tmp_path / "server" / HUBERT_FILE
+    source.parent.mkdir()
+    source.write_bytes(b"weights" * 1000)
+    monkeypatch.setattr(ssl, "hubert_checkpoint_url", lambda: source.as_uri())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HCLD_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    path = TorchaudioHubertBackbone().checkpoint_file()
+    assert path == tmp_path / "home" / "hub" / "checkpoints" / HUBERT_FILE
+    assert path.read_bytes() == source.read_bytes()
+    source.unlink()  # the second call reads the cache, it does not download again
+    assert TorchaudioHubertBackbone().checkpoint_file() == path
+    # an explicit offline=True, or an unreachable URL: the error names the path to fill
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "other"))
+    with pytest.raises(HcldError, match="downloads are off.*Put the file at"):
+        TorchaudioHubertBackbone(offline=True).checkpoint_file()
+    with pytest.raises(HcldError, match=r"download from file:.* failed.*Put the file at"):
+        TorchaudioHubertBackbone().checkpoint_file()
+    assert not (tmp_path / "other" / "hub" / "checkpoints" / HUBERT_FILE).exists()
 
 
 def test_damaged_hubert_checkpoint_is_reported(tmp_path, monkeypatch):
@@ -366,34 +393,12 @@ def test_hubert_base_from_torch_hub_cache(tmp_path, monkeypatch, torch_home):
 # --------------------------------------------------------------------------- Hugging Face
 
 
-def _tiny_hubert(folder: Path, norm: str, seed: int = 0, do_normalize: bool = True) -> Path:
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-
-    torch.manual_seed(seed)
-    config = HubertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm=norm,
-        do_stable_layer_norm=norm == "layer",
-    )
-    HubertModel(config).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(
-        do_normalize=do_normalize, return_attention_mask=norm == "layer"
-    ).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_hf_model_from_local_folder_offline(tmp_path, monkeypatch, norm):
     from transformers import AutoModel
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = _tiny_hubert(tmp_path / f"tiny-{norm}", norm)
+    folder = tiny_hubert(tmp_path / f"tiny-{norm}", norm)
     seconds = [0.7, 1.3, 2.0]
     table = _table(tmp_path / "wav", seconds)
     spec = f"hf:{folder}"
@@ -412,7 +417,7 @@ def test_hf_model_from_local_folder_offline(tmp_path, monkeypatch, norm):
 
     # the longest clip has no padding in its batch: it equals the bare model on its own samples
     model = AutoModel.from_pretrained(folder).eval()
-    wave, n = F.load_audio(table["path"][2], max_seconds=1.5)
+    wave, n = load_audio(table["path"][2], max_seconds=1.5)
     wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)  # do_normalize
     with torch.no_grad():
         ref = model(torch.from_numpy(wave)[None]).last_hidden_state[0].numpy()
@@ -425,7 +430,7 @@ def test_hf_model_from_local_folder_offline(tmp_path, monkeypatch, norm):
         np.testing.assert_allclose(alone["u0"], cache["u0"], atol=1e-2, rtol=1e-2)
 
     # new weights in the same folder: a new cache, never the stale one
-    _tiny_hubert(folder, norm, seed=1)
+    tiny_hubert(folder, norm, seed=1)
     assert (
         extract_features(table, spec, tmp_path / "c", max_seconds=1.5, progress=False).path
         != cache.path

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from hcld_lib import grid, report
-from hcld_lib.config import PAPER_VARIANTS, VARIANTS, RunConfig
+from hcld_lib.experiments import grid, report, tables
 from hcld_lib.io import HcldError
+from hcld_lib.method.variants import PAPER_VARIANTS, VARIANTS
+from hcld_lib.training.config import RunConfig
 
 
 def _metrics(variant: str, arch: str, fold: int, emo_ua: float, spk_ua: float | None = 0.8,
@@ -19,8 +21,8 @@ def _metrics(variant: str, arch: str, fold: int, emo_ua: float, spk_ua: float | 
     """A metrics.json dict shaped like train_run's."""
     speaker = None if spk_ua is None else {"wa": spk_ua + 0.01, "ua": spk_ua}
     block = {"emotion": {"wa": emo_ua + 0.02, "ua": emo_ua, "f1": emo_ua}, "speaker": speaker}
-    config = RunConfig.for_variant(variant, emotion_arch=arch, fold=fold, n_folds=2,
-                                   protocol=protocol).to_dict()
+    config = RunConfig(variant=variant, emotion_arch=arch, fold=fold, n_folds=2,
+                       protocol=protocol).to_dict()
     return {"config": config, "fold": fold, "protocol": protocol, "selected_epoch": 3,
             "val": block, "test": block, "speaker_test": block,
             "best_on_test": {"emotion_ua": emo_ua + 0.05, "epoch": 4}}
@@ -29,48 +31,56 @@ def _metrics(variant: str, arch: str, fold: int, emo_ua: float, spk_ua: float | 
 def _write_runs(root, cells) -> None:
     for variant, arch, fold, ua in cells:
         spk = None if variant == "emo_only" else 0.8
-        name = RunConfig.for_variant(variant, emotion_arch=arch, fold=fold).resolved_run_name
+        name = RunConfig(variant=variant, emotion_arch=arch, fold=fold).resolved_run_name
         (root / name).mkdir(parents=True)
         metrics = _metrics(variant, arch, fold, ua, spk)
         (root / name / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_paper_table_holds_the_printed_numbers():
-    t = grid.PAPER_TABLE.set_index(["variant", "arch"])
+    t = tables.PAPER_TABLE.set_index(["variant", "arch"])
     assert len(t) == 15 and set(t.index.get_level_values(0)) == set(PAPER_VARIANTS)
     assert tuple(t.loc[("hcld", "cnn")]) == (75.52, 76.08, 75.70, 75.90)
     assert tuple(t.loc[("hcld_wo_lcl", "transformer")]) == (72.99, 73.62, 81.84, 81.72)
     assert t.loc[("emo_only", "lstm"), "emo_ua"] == 70.95
     assert t.loc[["emo_only"], ["spk_wa", "spk_ua"]].isna().all().all()
-    assert any("75.03 / 74.27" in n for n in grid.PAPER_NOTES)  # the unlabelled row: a note
+    assert any("75.03 / 74.27" in n for n in tables.PAPER_NOTES)  # the unlabelled row: a note
 
 
-def test_grid_config_takes_the_variants_switches_not_the_bases():
-    base = RunConfig.for_variant("emo_only", epochs=3, embed_dim=16, n_folds=2)
-    cfg = grid.grid_config(base, "hcld", "lstm", 1, "/tmp/runs")
+def test_grid_configs_take_each_variants_switches_not_the_bases():
+    base = RunConfig(variant="emo_only", epochs=3, embed_dim=16, n_folds=2)
+    cells = grid.grid_configs(base, ["hcld", "orth"], ["lstm"], [1], [0, 4], "/tmp/runs")
+    assert [(c.variant, c.seed) for c in cells] == [("hcld", 0), ("hcld", 4), ("orth", 0),
+                                                     ("orth", 4)]
+    cfg = cells[0]
     assert cfg.speaker_branch and cfg.w_cld == 1.0 and cfg.w_task_speaker == 1.0
     assert (cfg.epochs, cfg.embed_dim, cfg.fold, cfg.emotion_arch) == (3, 16, 1, "lstm")
     assert cfg.speaker_arch is None and cfg.out_dir == "/tmp/runs"
-    orth = grid.grid_config(base, "orth", "cnn", 0, "/tmp/runs")
-    assert orth.w_orth == 1.0 and orth.w_supcon == 0.0
+    assert cells[2].w_orth == 1.0 and cells[2].w_supcon == 0.0
     for name in VARIANTS:
-        assert grid.grid_config(base, name, "cnn", 0, "x").variant == name
+        assert grid.grid_configs(base, [name], ["cnn"], 1)[0].variant == name
+    # a reading given as an override reaches every variant, and names the runs it changes
+    read = grid.grid_configs(base, ["emo_only", "hcld"], ["cnn"], 1, overrides={"margin": 0.2})
+    assert [c.margin for c in read] == [0.2, 0.2]
+    assert read[0].resolved_run_name == "emo_only__cnn__paper-fold0__seed0"
+    assert read[1].resolved_run_name.endswith("__margin=0.2")
     with pytest.raises(HcldError, match="unknown variant"):
-        grid.grid_config(base, "hcld_v2", "cnn", 0, "x")
+        grid.grid_configs(base, ["hcld_v2"], ["cnn"], 1)
     with pytest.raises(HcldError, match="unknown architecture"):
-        grid.grid_config(base, "hcld", "gru", 0, "x")
+        grid.grid_configs(base, ["hcld"], ["gru"], 1)
+    with pytest.raises(HcldError, match="outside"):
+        grid.grid_configs(base, ["hcld"], ["cnn"], [2])
 
 
 def test_run_grid_trains_each_cell_once_and_resumes(tmp_path, monkeypatch):
-    import hcld_lib.training as training
-
     calls = []
+    allowed = {"flag": False}
 
     def fake_train_run(config):
         run = tmp_path / config.resolved_run_name
         if (run / "metrics.json").is_file():
             return json.loads((run / "metrics.json").read_text())
-        if config.variant == "hcld" and config.emotion_arch == "lstm" and not calls_allowed():
+        if config.variant == "hcld" and config.emotion_arch == "lstm" and not allowed["flag"]:
             raise RuntimeError("killed")
         calls.append(config.resolved_run_name)
         m = _metrics(config.variant, config.emotion_arch, config.fold, 0.5)
@@ -78,47 +88,37 @@ def test_run_grid_trains_each_cell_once_and_resumes(tmp_path, monkeypatch):
         (run / "metrics.json").write_text(json.dumps(m))
         return m
 
-    allowed = {"flag": False}
-
-    def calls_allowed():
-        return allowed["flag"]
-
-    monkeypatch.setattr(training, "train_run", fake_train_run)
+    monkeypatch.setattr(grid, "train_run", fake_train_run)
     base = RunConfig(n_folds=2, out_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="killed") as err:
-        grid.run_grid(base, ["emo_only", "hcld"], ["cnn", "lstm"], 2, tmp_path, progress=False)
+        grid.run_grid(base, ["emo_only", "hcld"], ["cnn", "lstm"], 2, progress=False)
     assert any("hcld grid" in note for note in err.value.__notes__)
     done_before = len(calls)
     assert done_before == 6  # emo_only x 2 archs x 2 folds + hcld cnn x 2 folds
     allowed["flag"] = True
-    df = grid.run_grid(base, ["emo_only", "hcld"], ["cnn", "lstm"], 2, tmp_path, progress=True)
+    df = grid.run_grid(base, ["emo_only", "hcld"], ["cnn", "lstm"], 2, progress=True)
     assert len(calls) == done_before + 2  # only the two missing runs were trained
     assert len(df) == 8 and list(df["variant"].unique()) == ["emo_only", "hcld"]
     assert df["emo_ua"].tolist() == [50.0] * 8
-    with pytest.raises(HcldError, match="outside"):
-        grid.run_grid(base, ["hcld"], ["cnn"], [2], tmp_path)
 
 
-def test_collect_results_reads_every_metrics_json(tmp_path):
+def test_finished_grid_reads_runs_and_names_the_missing_ones(tmp_path):
     _write_runs(tmp_path, [("hcld", "cnn", 0, 0.6), ("emo_only", "cnn", 0, 0.5)])
-    (tmp_path / "in_flight").mkdir()  # no metrics.json: ignored
-    df = grid.collect_results(tmp_path)
-    assert len(df) == 2
+    base = RunConfig(n_folds=2, out_dir=str(tmp_path))
+    df = grid.finished_grid(grid.grid_configs(base, ["emo_only", "hcld"], ["cnn"], [0]))
     row = df.set_index("variant").loc["hcld"]
     assert row["emo_ua"] == pytest.approx(60.0) and row["emo_wa"] == pytest.approx(62.0)
     assert row["spk_ua"] == pytest.approx(80.0) and row["arch"] == "cnn"
+    assert row["run_dir"] == str(tmp_path / "hcld__cnn__paper-fold0__seed0")
     assert math.isnan(df.set_index("variant").loc["emo_only", "spk_ua"])
-    assert grid.collect_results(tmp_path / "empty").empty
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "metrics.json").write_text("{")
-    with pytest.raises(HcldError, match="not valid JSON"):
-        grid.collect_results(tmp_path)
+    with pytest.raises(HcldError, match=r"1 of 2 runs have not finished .*orth__cnn.*notebook 04"):
+        grid.finished_grid(grid.grid_configs(base, ["hcld", "orth"], ["cnn"], [0]))
 
 
 def test_loso_speaker_metrics_come_from_the_speaker_test_part():
     m = _metrics("hcld", "cnn", 0, 0.5, protocol="loso")
     m["test"] = {"emotion": {"wa": 0.4, "ua": 0.45}, "speaker": None}
-    row = grid.metrics_row(m)
+    row = tables.metrics_row(m)
     assert row["emo_ua"] == pytest.approx(45.0) and row["spk_ua"] == pytest.approx(80.0)
 
 
@@ -128,31 +128,33 @@ def _runs() -> pd.DataFrame:
         for arch in ["transformer", "cnn"]:
             for fold, jitter in [(0, -0.01), (1, 0.01)]:
                 spk = None if variant == "emo_only" else 0.8
-                rows.append(grid.metrics_row(_metrics(variant, arch, fold, base_ua + jitter, spk)))
+                metrics = _metrics(variant, arch, fold, base_ua + jitter, spk)
+                rows.append(tables.metrics_row(metrics))
     return pd.DataFrame(rows)
 
 
 def test_summary_is_mean_and_std_over_folds_in_table_two_layout():
     df = _runs()
-    stats = grid.summary_stats(df)
+    stats = tables.summary_stats(df)
     hcld = stats[(stats.variant == "hcld") & (stats.arch == "cnn")].iloc[0]
     assert hcld["emo_ua_mean"] == pytest.approx(60.0)
     assert hcld["emo_ua_std"] == pytest.approx(np.std([59.0, 61.0], ddof=1))
     assert hcld["n_folds_run"] == 2
-    table = grid.summary_table(df)
+    table = tables.summary_table(df)
     assert list(table.index) == ["emo_only", "orth", "hcld"]  # the paper's row order
     assert list(table.columns) == ["cnn", "transformer"]  # ARCHS order
     assert table.loc["hcld", "cnn"] == "62.0 ± 1.4 / 60.0 ± 1.4 (spk 81.0 ± 0.0 / 80.0 ± 0.0)"
     assert table.loc["emo_only", "cnn"] == "52.0 ± 1.4 / 50.0 ± 1.4"  # no speaker numbers
     with pytest.raises(HcldError, match="no finished runs"):
-        grid.summary_stats(df.iloc[:0])
+        tables.summary_stats(df.iloc[:0])
 
 
 def test_side_by_side_names_the_protocol_and_holds_the_papers_cells():
-    table = grid.side_by_side(grid.summary_table(_runs()), "loso", "quick", "synthetic", "fbank")
+    summary = tables.summary_table(_runs())
+    table = tables.side_by_side(summary, "loso", "quick", "synthetic", "fbank")
     assert "protocol=loso" in table.attrs["title"] and "corpus=synthetic" in table.attrs["title"]
     ours = "cnn ours (synthetic/fbank/loso/quick)"
-    paper = f"cnn paper ({grid.PAPER_SETTING})"
+    paper = f"cnn paper ({tables.PAPER_SETTING})"
     assert list(table.columns[:2]) == [ours, paper]
     assert table.loc["hcld", paper] == "75.52 / 76.08 (spk 75.70 / 75.90)"
     assert table.loc["emo_only", paper] == "70.84 / 71.61"
@@ -160,19 +162,19 @@ def test_side_by_side_names_the_protocol_and_holds_the_papers_cells():
 
 
 def test_comparison_gives_deltas_to_the_paper():
-    comp = grid.comparison(_runs()).set_index(["variant", "arch"])
+    comp = tables.comparison(_runs()).set_index(["variant", "arch"])
     assert comp.loc[("hcld", "cnn"), "delta_emo_ua"] == pytest.approx(60.0 - 76.08)
 
 
 def test_markdown_renderer_and_table_writer(tmp_path):
     df = pd.DataFrame({"name": ["a|b", "c", "d"], "value": [1.234, float("nan"), 500.0]})
     df = df.set_index("name")
-    md = grid.to_markdown(df)
+    md = tables.to_markdown(df)
     lines = md.strip().splitlines()
     assert lines[0] == "| name | value |"
     assert lines[1] == "| --- | ---: |"
     assert lines[2] == "| a\\|b | 1.23 |" and lines[3] == "| c |  |" and lines[4] == "| d | 500 |"
-    csv, mdp = grid.write_tables(df, tmp_path, "t", "A title (profile=quick)", notes=["a note"],
+    csv, mdp = tables.write_tables(df, tmp_path, "t", "A title (profile=quick)", notes=["a note"],
                                  provenance={"profile": "quick", "protocol": "paper"})
     text = mdp.read_text()
     assert text.startswith("## A title (profile=quick)\n") and "- a note" in text
@@ -195,5 +197,7 @@ def test_report_sentences_come_from_fold_paired_differences():
     assert report.verdict(-2.0, 0.5, 3.0) == "did not hold"
     assert report.verdict(0.3, 0.5, 3.0) == "inconclusive"
     assert "4 held" in report.claims_summary(claims)  # vs emo_only and orth, two archs
-    note = report.corpus_note({"dataset": "synthetic", "protocol": "paper", "corpus": "x"})
+    exp = SimpleNamespace(dataset="synthetic", protocol="paper", corpus_name="x",
+                          profile="quick", backbone="fbank")
+    note = report.corpus_note(exp)
     assert "not from IEMOCAP" in note

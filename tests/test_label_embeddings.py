@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hcld_lib import label_embeddings
-from hcld_lib.config import EMOTIONS
+from hcld_lib.data.labels import EMOTIONS
 from hcld_lib.io import HcldError
-from hcld_lib.label_embeddings import LabelAnchors, encode_words, label_words, minilm_folder
+from hcld_lib.method import anchors as label_embeddings
+from hcld_lib.method.anchors import LabelAnchors, encode_words, label_words, minilm_folder
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from hcld_lib.io import HcldError
-from hcld_lib.losses import (
+from hcld_lib.method.losses import (
     icld_loss,
     label_anchored_loss,
     masked_contrastive_loss,
+    objective,
     orthogonality_loss,
     speaker_emotion_pairs,
     supcon_loss,
-    task_loss,
 )
-from hcld_lib.models import DualBranchModel
+from hcld_lib.method.models import DualBranchModel
 
 E = math.e
 
@@ -233,14 +233,28 @@ def test_orthogonality_correlation_form_is_the_batch_form_rescaled():
 # --- task loss ----------------------------------------------------------------------------------
 
 
-def test_task_loss_by_hand():
-    # uniform logits: CE = log(n_classes)
-    emo_logits, spk_logits = torch.zeros(3, 4), torch.zeros(3, 10)
-    assert task_loss(emo_logits, labels(0, 1, 2)).item() == pytest.approx(math.log(4))
-    both = task_loss(emo_logits, labels(0, 1, 2), spk_logits, labels(0, 5, 9))
-    assert both.item() == pytest.approx(math.log(4) + math.log(10), rel=1e-6)
-    with pytest.raises(HcldError, match="speaker labels"):
-        task_loss(emo_logits, labels(0, 1, 2), spk_logits)
+def test_objective_adds_the_weighted_terms_it_computes():
+    # uniform logits: CE = log(n_classes); embeddings that make every contrastive term exact
+    out = {"x_e": torch.tensor([unit(0), unit(90), unit(0)], dtype=torch.float64),
+           "x_s": torch.tensor([unit(0), unit(0), unit(90)], dtype=torch.float64),
+           "emotion_logits": torch.zeros(3, 4, dtype=torch.float64),
+           "speaker_logits": torch.zeros(3, 10, dtype=torch.float64)}
+    emo, spk = labels(0, 1, 0), labels(0, 0, 1)
+    task_only = dict(w_cld=0.0, w_supcon=0.0, w_label=0.0)
+    total, terms = objective(out, emo, spk, **task_only)
+    assert set(terms) == {"ce_emotion", "ce_speaker"}
+    assert total.item() == pytest.approx(math.log(4) + math.log(10))
+    total, terms = objective(out, emo, spk, w_task_speaker=0.5, **task_only)
+    assert total.item() == pytest.approx(math.log(4) + 0.5 * math.log(10))
+    # ICLD: positive pair (0, 1) is orthogonal in X_e -> (1 - 0)^2; negative pair (0, 2) is
+    # orthogonal in X_s -> max(0, 0 - 0)^2 = 0
+    total, terms = objective(out, emo, spk, w_supcon=0.0, w_label=0.0, w_cld=2.0)
+    assert terms["icld_pos"].item() == pytest.approx(1.0)
+    assert terms["icld_neg"].item() == pytest.approx(0.0)
+    assert total.item() == pytest.approx(math.log(4) + math.log(10) + 2.0)
+    # the label term needs anchors; without them it is left out
+    _, terms = objective(out, emo, spk, w_cld=0.0, w_supcon=0.0)
+    assert "label" not in terms
 
 
 # --- degenerate batches -------------------------------------------------------------------------
@@ -318,7 +332,7 @@ def test_total_hcld_loss_reaches_both_branches():
     spk_params = list(model.speaker_encoder.parameters())
     grads = torch.autograd.grad(contrastive, spk_params, retain_graph=True)
     assert any(g.abs().sum() > 0 for g in grads)
-    total = contrastive + task_loss(out["emotion_logits"], emo, out["speaker_logits"], spk)
+    total, _ = objective(out, emo, spk, label_emb[emo])
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -326,3 +340,32 @@ def test_total_hcld_loss_reaches_both_branches():
         norm = sum(p.grad.abs().sum() for p in getattr(model, branch).parameters())
         assert norm > 0, branch
     assert label_emb.grad is not None and label_emb.grad.abs().sum() > 0
+
+
+def _emotion_grads(branches: str, drop_speaker_terms: bool) -> list[torch.Tensor]:
+    """Gradients of the HCLD objective on the emotion path's parameters, with or without the
+    terms that read X_s only (speaker CE and L_neg)."""
+    torch.manual_seed(0)
+    model = DualBranchModel(input_dim=6, n_emotions=4, n_speakers=3, embed_dim=8, hidden_dim=8,
+                            n_layers=1, dropout=0.0, branches=branches)
+    torch.manual_seed(1)
+    x, lengths = torch.randn(8, 12, 6), torch.tensor([12, 9, 5, 12, 7, 3, 12, 10])
+    emo, spk = labels(0, 1, 2, 3, 0, 1, 2, 3), labels(0, 0, 1, 1, 2, 2, 0, 1)
+    label_emb = torch.randn(4, 8)[emo]
+    total, terms = objective(model(x, lengths), emo, spk, label_emb, margin=-0.5)
+    if drop_speaker_terms:
+        total = total - terms["ce_speaker"] - terms["icld_neg"]
+    params = list(model.emotion_path().parameters())
+    return torch.autograd.grad(total, params)
+
+
+def test_separate_branches_emotion_gradients_ignore_the_speaker_terms_byte_for_byte():
+    full = _emotion_grads("separate", drop_speaker_terms=False)
+    without = _emotion_grads("separate", drop_speaker_terms=True)
+    assert all(torch.equal(a, b) for a, b in zip(full, without, strict=True))
+
+
+def test_shared_branches_emotion_gradients_feel_the_speaker_terms():
+    full = _emotion_grads("shared", drop_speaker_terms=False)
+    without = _emotion_grads("shared", drop_speaker_terms=True)
+    assert not all(torch.equal(a, b) for a, b in zip(full, without, strict=True))

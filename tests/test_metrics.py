@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
+from hcld_lib.analysis.metrics import classification_metrics
 from hcld_lib.io import HcldError
-from hcld_lib.metrics import classification_metrics
 
 
 def test_imbalanced_wa_and_ua_differ():

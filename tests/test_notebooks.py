@@ -8,6 +8,7 @@ so the whole chain (01 -> 08, the §6 notebooks included) takes a few minutes on
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -23,20 +24,25 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
 KERNEL = "hcld"
 
-#: Files (relative to the shared tmp tree) each notebook must write, non-empty. Notebooks not
-#: listed (06, 07) must write at least one figure and one table named after their number.
+#: Files each notebook must write, non-empty, in the experiment's folder of the shared tmp tree.
+#: Notebooks not listed (06, 07) must write at least one figure and one table named after their
+#: number.
 EXPECTED: dict[str, list[str]] = {
-    "01": ["figures/01_corpus.png", "figures/01_spectrograms.png", "results/01_counts.csv",
-           "results/01_counts.md"],
-    "02": ["figures/02_features.png", "results/02_features.csv", "results/02_features.md"],
-    "03": ["figures/03_curves.png", "figures/03_confusion.png", "results/03_metrics.csv",
-           "results/03_metrics.md"],
-    "04": ["figures/04_table2.png", "results/04_table2.csv", "results/04_table2.md",
-           "results/04_runs.csv"],
-    "05": ["figures/05_umap.png", "figures/05_scorecard.png", "results/05_scorecard.csv",
-           "results/05_scorecard.md"],
-    "08": ["results/report.md", "results/08_claims.csv", "results/08_claims.md"],
+    "01": ["01_corpus.png", "01_spectrograms.png", "01_counts.csv", "01_counts.md"],
+    "02": ["02_features.png", "02_features.csv", "02_features.md"],
+    "03": ["03_curves.png", "03_confusion.png", "03_metrics.csv", "03_metrics.md"],
+    "04": ["04_table2.png", "04_table2.csv", "04_table2.md", "04_runs.csv"],
+    "05": ["05_umap.png", "05_scorecard.png", "05_scorecard.csv", "05_scorecard.md"],
+    "08": ["report.md", "08_claims.csv", "08_claims.md", "../index.md"],
 }
+
+
+def _experiment_dir(tree: Path) -> Path:
+    """The experiment folder the test parameters name (see ``experiments.params.setup``)."""
+    from hcld_lib.experiments.params import setup
+
+    params = _parameters(tree)
+    return setup(params).results_dir
 
 
 def _parameters(tree: Path) -> dict:
@@ -142,25 +148,46 @@ def test_notebook_runs_and_writes_its_figures_and_tables(path: Path, tree: Path,
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name} has error outputs"
 
+    folder = _experiment_dir(tree)
     if number in EXPECTED:
         for rel in EXPECTED[number]:
-            out = tree / rel
-            assert out.is_file(), f"{path.name} did not write {rel}"
-            assert out.stat().st_size > 0, f"{path.name} wrote an empty {rel}"
+            out = folder / rel
+            assert out.is_file(), f"{path.name} did not write {out}"
+            assert out.stat().st_size > 0, f"{path.name} wrote an empty {out}"
     else:
-        figs = list((tree / "figures").glob(f"{number}_*.png"))
-        tables = list((tree / "results").glob(f"{number}_*"))
-        assert figs, f"{path.name} wrote no figures/{number}_*.png"
-        assert tables, f"{path.name} wrote no results/{number}_*"
+        figs = list(folder.glob(f"{number}_*.png"))
+        tables = list(folder.glob(f"{number}_*.md"))
+        assert figs, f"{path.name} wrote no {number}_*.png in {folder}"
+        assert tables, f"{path.name} wrote no {number}_*.md in {folder}"
         assert all(p.stat().st_size > 0 for p in figs + tables)
+    # this is not the default experiment: the committed figures folder is never written
+    assert not (tree / "figures").exists(), f"{path.name} wrote into figures_dir"
 
 
 def test_the_report_names_its_provenance_and_the_corpus(tree: Path):
-    report = tree / "results" / "report.md"
+    folder = _experiment_dir(tree)
+    report = folder / "report.md"
     if not report.is_file():
         pytest.skip("08_report did not run in this session")
     text = report.read_text()
     assert "profile=quick" in text and "backbone=fbank" in text and "protocol=paper" in text
     assert "not from IEMOCAP" in text
-    table2 = (tree / "results" / "04_table2.md").read_text()
+    table2 = (folder / "04_table2.md").read_text()
     assert "protocol=paper" in table2 and "paper (IEMOCAP" in table2
+    assert f"`{folder.name}`" in (tree / "results" / "index.md").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_parameters_cell_declares_the_common_knobs(path: Path):
+    """The knobs ``setup`` reads are in every parameters cell, with the same defaults, so that
+    a user in JupyterLab sees them all and papermill's ``-p`` reaches every chapter."""
+    import papermill as pm
+
+    from hcld_lib.experiments.params import KNOBS
+
+    declared = pm.inspect_notebook(str(path))
+    missing = sorted(set(KNOBS) - set(declared))
+    assert not missing, f"{path.name} does not declare {missing}"
+    for name, default in KNOBS.items():
+        value = ast.literal_eval(declared[name]["default"])
+        assert value == default, f"{path.name}: {name} = {value!r}, expected {default!r}"

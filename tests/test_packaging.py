@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -51,11 +54,41 @@ def test_torch_and_torchaudio_are_a_matching_pair():
     assert pins["torch"].startswith("2.11.")
 
 
+def _distribution(requirement_name: str) -> str:
+    """``"ray[default]"`` -> ``"ray"``: the distribution an extra belongs to."""
+    return requirement_name.partition("[")[0].lower()
+
+
 def test_installed_versions_match_the_pins():
     from importlib.metadata import version
 
     for name, pinned in _pyproject_pins().items():
-        assert version(name) == pinned, f"{name}: installed {version(name)}, pinned {pinned}"
+        dist = _distribution(name)
+        assert version(dist) == pinned, f"{name}: installed {version(dist)}, pinned {pinned}"
+
+
+def test_the_conda_route_pip_section_resolves_to_the_same_pins(tmp_path):
+    """What ``conda env create -f environment.yml`` hands to pip, resolved by pip in a fresh
+    virtual environment (``--dry-run``: nothing is installed; no conda needed): every package
+    the project pins comes out at its pinned version, and pip finds no conflict."""
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(r for r in pip_block if not r.startswith("-e")) + "\n")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--dry-run", "--quiet",
+         "--report", str(report), "-r", str(requirements)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    for name, pinned in _environment_pins().items():
+        dist = _distribution(name).replace("_", "-")
+        assert resolved.get(dist) == pinned, f"{name}: pip resolved {resolved.get(dist)}"
 
 
 def test_ci_runs_the_readme_test_command():

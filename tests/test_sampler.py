@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hcld_lib.io import HcldError
-from hcld_lib.sampler import NEEDS, ContrastiveBatchSampler, make_batch_sampler
+from hcld_lib.method.sampler import NEEDS, ContrastiveBatchSampler, make_batch_sampler
 
 
 def _feasible(emotion, speaker, need):

@@ -9,14 +9,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from hcld_lib.io import HcldError, atomic_save_npz
-from hcld_lib.speaker_embeddings import (
+from hcld_lib.features.speaker_encoders import (
     ResemblyzerEncoder,
-    find_runs,
-    load_branch_embeddings,
     load_speaker_encoder,
     speaker_embeddings,
 )
+from hcld_lib.io import HcldError
 
 SR = 16000
 
@@ -62,7 +60,7 @@ def test_resemblyzer_offline_unit_norm_256(tiny_table, tmp_path, monkeypatch):
 
 
 def test_batched_embedding_equals_embed_utterance(encoder, tiny_table):
-    from hcld_lib.audio import load_audio
+    from hcld_lib.data.audio import load_audio
 
     wavs = [load_audio(p, SR, max_seconds=None)[0] for p in tiny_table["path"]]
     batched = encoder.embed(wavs)
@@ -103,43 +101,6 @@ def test_ecapa_without_speechbrain_is_a_clear_error(monkeypatch):
 def test_unknown_encoder_name():
     with pytest.raises(HcldError, match="unknown speaker encoder"):
         load_speaker_encoder("xvector-9000")
-
-
-def _fake_run(run_dir, variant: str, with_x_s: bool, fold: int = 0) -> None:
-    import json
-
-    run_dir.mkdir(parents=True)
-    arrays = dict(
-        x_e=np.ones((3, 4), np.float32),
-        emotion=np.array(["neu", "hap", "sad"]),
-        speaker=np.array(["a", "a", "b"]),
-        utterance_id=np.array(["u1", "u2", "u3"]),
-    )
-    if with_x_s:
-        arrays["x_s"] = np.zeros((3, 4), np.float32)
-    atomic_save_npz(run_dir / "embeddings.npz", **arrays)
-    cfg = {"variant": variant, "emotion_arch": "cnn", "protocol": "paper", "fold": fold,
-           "seed": 0, "train_fraction": 1.0, "speaker_branch": with_x_s,
-           "init_emotion_encoder": None}
-    (run_dir / "metrics.json").write_text(json.dumps({"config": cfg}))
-
-
-def test_branch_embeddings_and_find_runs(tmp_path):
-    _fake_run(tmp_path / "hcld_f0", "hcld", True, 0)
-    _fake_run(tmp_path / "hcld_f1", "hcld", True, 1)
-    _fake_run(tmp_path / "emo_f0", "emo_only", False, 0)
-    b = load_branch_embeddings(tmp_path / "hcld_f0")
-    assert b.x_s.shape == (3, 4)
-    assert list(b.speaker) == ["a", "a", "b"]
-    assert b.config["variant"] == "hcld"
-    with pytest.raises(HcldError, match="no speaker branch"):
-        load_branch_embeddings(tmp_path / "emo_f0")
-    with pytest.raises(HcldError, match="does not exist"):
-        load_branch_embeddings(tmp_path / "missing")
-    runs = find_runs(tmp_path)
-    assert list(runs["variant"]) == ["hcld", "hcld"]
-    assert list(runs["fold"]) == [0, 1]
-    assert find_runs(tmp_path, variants=["orth"]).empty
 
 
 class _FakeClassifier:

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hcld_lib.config import EMOTIONS
+from hcld_lib.data.labels import EMOTIONS
+from hcld_lib.data.splits import Fold, make_folds
 from hcld_lib.io import HcldError
-from hcld_lib.splits import Fold, make_folds
 
 
 def _table(n: int = 420, seed: int = 0, n_sessions: int = 5) -> pd.DataFrame:

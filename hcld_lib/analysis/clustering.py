@@ -1,6 +1,6 @@
 """Emotion inside speaker embeddings: intra-speaker clustering and its agreement with emotions.
 
-SPEC §6 (Ulgen, Du, Busso, Sisman, ICASSP 2024): cluster *one speaker's* utterances in a speaker
+Ulgen, Du, Busso and Sisman (ICASSP 2024): cluster *one speaker's* utterances in a speaker
 embedding space and the clusters line up with emotions. This module measures that claim.
 
 For every speaker s with utterances U_s:
@@ -37,6 +37,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from hcld_lib.io import HcldError
+from hcld_lib.method.variants import variant_label
 
 METRICS: tuple[str, ...] = ("nmi", "ari", "purity")
 CONDITIONS: tuple[str, ...] = ("intra_speaker", "shuffled", "global_within_speaker", "global")
@@ -228,7 +229,7 @@ def intra_speaker_clustering(
     n_shuffles: int = 5,
     normalize: bool = True,
 ) -> ClusteringResult:
-    """Do the intra-speaker clusters of a speaker space line up with emotions? (SPEC §6)
+    """Do the intra-speaker clusters of a speaker space line up with emotions?
 
     Args:
         x: [N, D] speaker embeddings (pretrained speaker encoder or a model's X_s).
@@ -411,3 +412,47 @@ def compare_speaker_spaces(
             row[f"{m}_global_pooled"] = float(np.mean([r.metric("global", m)[0] for r in res]))
         rows.append(row)
     return pd.DataFrame(rows), results
+
+
+def source_label(name: str) -> str:
+    """``"X_s:hcld"`` -> ``"X_s HCLD"``; a pretrained encoder's name is kept."""
+    if name.startswith("X_s:"):
+        return f"X_s {variant_label(name[4:])}"
+    return name
+
+
+def speaker_space_sentences(
+    table: pd.DataFrame, sources: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+) -> list[str]:
+    """What :func:`compare_speaker_spaces` found, in sentences: how far each space's
+    intra-speaker NMI sits above its shuffled floor, whether HCLD's X_s holds less emotion than
+    orth's, and which variants trained identical speaker branches (``sources`` as given to it).
+    """
+    lines = []
+    for _, r in table.iterrows():
+        gap = r["nmi_mean"] - r["nmi_shuffled_mean"]
+        lines.append(f"**{source_label(r['source'])}**: NMI {r['nmi_mean']:.3f} ± "
+                     f"{r['nmi_std']:.3f} vs floor {r['nmi_shuffled_mean']:.3f} (+{gap:.3f}); "
+                     f"ARI {r['ari_mean']:.3f}; purity {r['purity_mean']:.3f} vs "
+                     f"{r['purity_shuffled_mean']:.3f}.")
+    by_source = table.set_index("source")
+    if {"X_s:hcld", "X_s:orth"} <= set(by_source.index):
+        h, o = by_source.loc["X_s:hcld"], by_source.loc["X_s:orth"]
+        spread = max(h["nmi_std"], o["nmi_std"])
+        verdict = ("less emotion than" if h["nmi_mean"] < o["nmi_mean"] - spread / 2 else
+                   "more emotion than" if h["nmi_mean"] > o["nmi_mean"] + spread / 2 else
+                   "about as much emotion as")
+        lines.append(f"HCLD's X_s holds **{verdict}** orth's X_s by intra-speaker NMI "
+                     f"({h['nmi_mean']:.3f} vs {o['nmi_mean']:.3f}; spread over speakers "
+                     f"~{spread:.3f}).")
+    same: dict[tuple, list[str]] = {}
+    for name, sets in sources.items():
+        if name.startswith("X_s:"):
+            key = tuple(hash(x.tobytes()) for x, _, _ in sets)
+            same.setdefault(key, []).append(source_label(name))
+    for names in same.values():
+        if len(names) > 1:
+            lines.append(f"{', '.join(names)}: **identical** X_s (the speaker branch of these "
+                         "variants is trained by the same loss terms, with the same seed, "
+                         "batches and selected epoch).")
+    return lines

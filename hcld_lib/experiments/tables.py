@@ -1,19 +1,15 @@
-"""The ablation grid (variants x architectures x folds) and the paper's Table II beside ours.
+"""Tables of the runs: one row per run, the paper's Table II beside ours, Markdown and CSV.
 
-:func:`run_grid` trains every cell through :func:`hcld_lib.training.train_run`, which skips a run
-whose ``metrics.json`` exists: a grid stopped half-way resumes where it stopped, and a crash loses
-only the run in flight. :func:`collect_results` reads every ``metrics.json`` under a folder,
-:func:`summary_table` gives mean ± std over folds per variant x architecture in the layout of the
-paper's Table II, and :func:`side_by_side` puts the paper's numbers (:data:`PAPER_TABLE`) beside
-ours, naming the protocol, profile, corpus and backbone. Accuracies here are in percent.
+:func:`metrics_row` flattens a run's ``metrics.json``, :func:`summary_table` gives mean ± std
+over folds (and seeds) per variant x architecture in the layout of the paper's Table II, and
+:func:`side_by_side` puts the paper's numbers (:data:`PAPER_TABLE`) beside ours, naming the
+protocol, profile, corpus and backbone. Accuracies here are in percent.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcld_lib.config import ARCHS, PAPER_VARIANTS, VARIANTS, RunConfig
+from hcld_lib.data.labels import emotion_order
+from hcld_lib.features.cache import FeatureCache
 from hcld_lib.io import HcldError, atomic_write_text
+from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS
 
 #: The four numbers of a cell, in percent: emotion WA/UA on the test part, speaker WA/UA on the
 #: speaker-test part (= the test part under the paper protocol).
@@ -30,7 +28,7 @@ METRICS: tuple[str, ...] = ("emo_wa", "emo_ua", "spk_wa", "spk_ua")
 
 _nan = float("nan")
 
-#: The paper's Table II (SPEC §1.2; IEMOCAP, frozen HuBERT-base, random 80/20 split), percent.
+#: The paper's Table II (IEMOCAP, frozen HuBERT-base, random 80/20 split), percent.
 #: EMO-only has no speaker branch, so no speaker numbers.
 PAPER_TABLE: pd.DataFrame = pd.DataFrame(
     [
@@ -62,112 +60,6 @@ PAPER_NOTES: tuple[str, ...] = (
 )
 
 PAPER_SETTING = "IEMOCAP / hubert_base / random 80-20"
-
-
-# --- running ----------------------------------------------------------------------------------
-
-#: Fields any variant sets: reset to RunConfig's defaults before a variant's overrides apply,
-#: so that a base built from one variant does not leak its switches into another.
-_VARIANT_FIELDS: frozenset[str] = frozenset(k for v in VARIANTS.values() for k in v)
-
-
-def grid_config(
-    base: RunConfig, variant: str, arch: str, fold: int, out_dir: str | os.PathLike,
-    overrides: dict[str, Any] | None = None,
-) -> RunConfig:
-    """The config of one grid cell: ``base`` with ``variant``'s switches, ``arch`` for both
-    branches, ``fold`` and ``out_dir``; ``overrides`` last."""
-    if variant not in VARIANTS:
-        raise HcldError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-    if arch not in ARCHS:
-        raise HcldError(f"unknown architecture {arch!r}; choose from {ARCHS}")
-    defaults = RunConfig()
-    fields = base.to_dict()
-    for name in _VARIANT_FIELDS:
-        fields[name] = getattr(defaults, name)
-    fields.update(VARIANTS[variant])
-    fields.update(
-        variant=variant, emotion_arch=arch, speaker_arch=None, fold=int(fold),
-        out_dir=str(out_dir), run_name=None, **(overrides or {}),
-    )
-    return RunConfig(**fields)
-
-
-def _fold_list(folds: int | Iterable[int], n_folds: int) -> list[int]:
-    out = list(range(folds)) if isinstance(folds, int | np.integer) else [int(f) for f in folds]
-    bad = [f for f in out if not 0 <= f < n_folds]
-    if bad:
-        raise HcldError(
-            f"folds {bad} are outside 0..{n_folds - 1} (the config has n_folds={n_folds}); "
-            "ask for fewer folds or raise n_folds"
-        )
-    return out
-
-
-def run_grid(
-    base: RunConfig,
-    variants: Sequence[str] = PAPER_VARIANTS,
-    archs: Sequence[str] = ARCHS,
-    folds: int | Iterable[int] = 5,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    overrides: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Train every variant x architecture x fold and return one row per run.
-
-    Args:
-        base: shared settings (features cache, epochs, widths, protocol, n_folds, seed, ...).
-            Loss switches come from each variant (:data:`hcld_lib.config.VARIANTS`).
-        variants: variant names, e.g. :data:`hcld_lib.config.PAPER_VARIANTS`.
-        archs: architectures, each used for both branches (as in Table II).
-        folds: how many folds to run (the first ``folds``) or an explicit list of fold indices.
-        out_dir: runs folder (default ``base.out_dir``).
-        progress: print one line per run with its time and an estimate of the rest.
-        overrides: RunConfig fields applied to every run last.
-
-    Returns:
-        DataFrame, one row per run (see :func:`metrics_row`), in grid order. Runs already
-        finished (``metrics.json`` present) are not retrained: ``train_run`` returns their metrics.
-    """
-    from hcld_lib.training import train_run
-
-    out_dir = Path(out_dir if out_dir is not None else base.out_dir)
-    fold_list = _fold_list(folds, base.n_folds)
-    cells = [(v, a, f) for v in variants for a in archs for f in fold_list]
-    for v, a, f in cells[:1]:
-        grid_config(base, v, a, f, out_dir)  # fail on a bad name before any training
-    rows = []
-    start = time.perf_counter()
-    trained = 0
-    for i, (variant, arch, fold) in enumerate(cells, 1):
-        config = grid_config(base, variant, arch, fold, out_dir, overrides)
-        done = (out_dir / config.resolved_run_name / "metrics.json").is_file()
-        t0 = time.perf_counter()
-        try:
-            metrics = train_run(config)
-        except Exception as err:
-            err.add_note(f"hcld grid: run {config.resolved_run_name} ({i}/{len(cells)}) failed; "
-                         f"finished runs in {out_dir} are kept and skipped on the next call")
-            raise
-        rows.append(metrics_row(metrics, run_name=config.resolved_run_name))
-        if not done:
-            trained += 1
-        if progress:
-            took = time.perf_counter() - t0
-            elapsed = time.perf_counter() - start
-            rate = elapsed / max(trained, 1)
-            left = sum(
-                1 for c in cells[i:]
-                if not (out_dir / grid_config(base, *c, out_dir).resolved_run_name
-                        / "metrics.json").is_file()
-            )
-            status = "cached" if done else f"{took:5.1f} s"
-            print(f"[grid {i:>3}/{len(cells)}] {config.resolved_run_name:<48} {status}  "
-                  f"emo UA {rows[-1]['emo_ua']:5.1f}  (~{left * rate:.0f} s left)", flush=True)
-    return pd.DataFrame(rows)
-
-
-# --- collecting -------------------------------------------------------------------------------
 
 
 def _metric(block: Any, task: str, name: str) -> float:
@@ -241,26 +133,6 @@ def run_metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:
     out.index.name = f"split (selected epoch {metrics.get('selected_epoch')})"
     return out
 
-
-def collect_results(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every finished run under ``out_dir`` (each ``*/metrics.json``), one row per run.
-
-    Runs in flight (no ``metrics.json`` yet) are ignored. Returns an empty frame with the
-    columns of :func:`metrics_row` when there is none.
-    """
-    out_dir = Path(out_dir)
-    rows = []
-    for path in sorted(out_dir.glob("*/metrics.json")):
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise HcldError(
-                f"{path} is not valid JSON ({err}); delete it to rerun that run"
-            ) from err
-        rows.append(metrics_row(metrics, run_name=path.parent.name))
-    if not rows:
-        return pd.DataFrame(columns=list(metrics_row({}).keys()))
-    return pd.DataFrame(rows)
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -448,3 +320,35 @@ def write_tables(
     csv_path = atomic_write_text(results_dir / f"{stem}.csv", frame.to_csv(index=index))
     md_path = atomic_write_text(results_dir / f"{stem}.md", md)
     return csv_path, md_path
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+
+def corpus_counts(table: pd.DataFrame, by: str = "speaker") -> pd.DataFrame:
+    """Utterances per ``by`` (speaker or session) and emotion, with totals (``total``)."""
+    counts = pd.crosstab(table[by], table["emotion"], margins=True, margins_name="total")
+    return counts[emotion_order(table["emotion"]) + ["total"]]
+
+
+def features_summary(cache: FeatureCache, seconds: float, reused: bool) -> pd.DataFrame:
+    """One-row table of a feature cache: size, shape, and extraction throughput.
+
+    ``seconds`` is the time of the call that returned ``cache``; when the cache was ``reused``
+    the throughput is the one recorded when it was extracted (``meta["seconds_last_run"]``).
+    """
+    meta = cache.meta
+    extract_s = float(meta.get("seconds_last_run", float("nan"))) if reused else float(seconds)
+    n = len(cache)
+    return pd.DataFrame([{
+        "backbone": meta.get("backbone"),
+        "utterances": n,
+        "frames_max": int(cache.max_frames),
+        "feature_dim": int(cache.feature_dim),
+        "cache_mb": round(float(meta.get("features_bytes", 0)) / 2**20, 1),
+        "extraction_s": round(extract_s, 2),
+        "utterances_per_s": round(n / extract_s, 1) if extract_s > 0 else float("nan"),
+        "reused": bool(reused),
+        "open_s": round(float(seconds), 2) if reused else float("nan"),
+        "device": meta.get("device"),
+    }])

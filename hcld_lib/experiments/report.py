@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hcld_lib.config import ARCHS
-from hcld_lib.grid import PAPER_TABLE
-from hcld_lib.plots import variant_label
+from hcld_lib.experiments.params import Experiment
+from hcld_lib.experiments.tables import PAPER_TABLE
+from hcld_lib.io import atomic_write_text
+from hcld_lib.method.variants import ARCHS, variant_label
 
 METRIC_NAMES: dict[str, str] = {
     "emo_wa": "emotion WA",
@@ -173,52 +174,56 @@ def decoupling_sentences(card: pd.DataFrame) -> list[str]:
     return out
 
 
-def corpus_note(params: dict) -> str:
+def corpus_note(exp: Experiment) -> str:
     """What the numbers are (and are not) comparable to, given the corpus and protocol."""
-    if params.get("dataset") == "synthetic":
+    if exp.dataset == "synthetic":
         note = ("These numbers come from the embedded synthetic corpus "
-                f"({params.get('corpus')}), not from IEMOCAP: they test that the pipeline and "
+                f"({exp.corpus_name}), not from IEMOCAP: they test that the pipeline and "
                 "the losses behave, and are not comparable to the paper's IEMOCAP numbers.")
     else:
-        note = (f"Corpus {params.get('corpus')}, backbone {params.get('backbone')}. The paper "
+        note = (f"Corpus {exp.corpus_name}, backbone {exp.backbone}. The paper "
                 "used IEMOCAP with frozen HuBERT-base features.")
-    if params.get("protocol") == "paper":
+    if exp.protocol == "paper":
         note += (" Protocol 'paper' (stratified folds over all utterances) puts every speaker in "
                  "train and test, as the paper's random 80/20 split did; it flatters emotion "
                  "accuracy compared with leave-one-session-out.")
     else:
         note += (" Protocol 'loso' (leave-one-session-out) tests on unseen speakers, the field's "
                  "standard; the paper's random split is easier, so lower numbers are expected.")
-    if params.get("profile") == "quick":
-        note += (" The quick profile trains narrow models for a few epochs on few folds: "
-                 "differences of a point or two are within noise.")
+    if exp.profile == "quick":
+        note += (" The quick profile trains narrow models for a few epochs: differences of a "
+                 "point or two are within noise unless their interval says otherwise.")
     return note
 
 
-def artifacts(
-    figures_dir: str | os.PathLike, results_dir: str | os.PathLike, prefixes: Sequence[str] = ()
-) -> dict[str, list[Path]]:
-    """Figures (``*.png``) and Markdown tables (``*.md``, not ``report.md``) present, sorted,
+def grid_note(exp: Experiment) -> str:
+    """How the grid's cells were made: selection, folds, seeds, epochs."""
+    n_folds = exp.run_settings.get("n_folds")
+    return (f"Ours: the epoch with the best validation emotion UA of each run; "
+            f"{len(exp.folds)} fold(s) of {n_folds} x {len(exp.seeds)} seed(s) "
+            f"({', '.join(map(str, exp.seeds))}); {exp.run_settings.get('epochs')} epochs.")
+
+
+def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[str, list[Path]]:
+    """Figures (``*.png``) and Markdown tables (``*.md``, not ``report.md``) in ``folder``, sorted,
     optionally only those whose name starts with one of ``prefixes`` (e.g. ``("06", "07")``)."""
-    def pick(folder: str | os.PathLike, pattern: str) -> list[Path]:
-        paths = sorted(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
-        paths = [p for p in paths if p.name != "report.md"]
-        return [p for p in paths if not prefixes or p.name.startswith(tuple(prefixes))]
+    folder = Path(folder)
 
-    return {"figures": pick(figures_dir, "*.png"), "tables": pick(results_dir, "*.md")}
+    def pick(pattern: str) -> list[Path]:
+        paths = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        return [p for p in paths if p.name != "report.md"
+                and (not prefixes or p.name.startswith(tuple(prefixes)))]
+
+    return {"figures": pick("*.png"), "tables": pick("*.md")}
 
 
-def build_report(
-    params: dict,
-    table2_md: str | None,
-    claims: pd.DataFrame,
-    card: pd.DataFrame | None,
-    extra_tables: Sequence[Path] = (),
-    figures: Sequence[Path] = (),
-) -> str:
-    """The Markdown of ``results/report.md``: provenance, corpus note, Table II, the claim
-    sentences, the decoupling sentences, the other tables (§6 when present), the figure list."""
-    lines = [f"# HCLD companion report\n\n_{params.get('caption', '')}_\n", corpus_note(params), ""]
+def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
+                 card: pd.DataFrame | None) -> Path:
+    """``report.md`` of the experiment: provenance, corpus note, Table II, the claim sentences,
+    the decoupling sentences, the other chapters' tables (06, 07), the figure list."""
+    found = artifacts(exp.results_dir)
+    extra = [t for t in found["tables"] if t.name.startswith(("06", "07"))]
+    lines = [f"# HCLD companion report: {exp.name}\n\n_{exp.caption}_\n", corpus_note(exp), ""]
     if table2_md:
         lines += [table2_md.strip(), ""]
     lines += ["## What held and what did not", "", claims_summary(claims), ""]
@@ -226,8 +231,30 @@ def build_report(
     if card is not None and not card.empty:
         lines += ["## Decoupling (test embeddings)", ""]
         lines += [f"- {s}" for s in decoupling_sentences(card)] + [""]
-    for path in extra_tables:
-        lines += [Path(path).read_text().strip(), ""]
-    if figures:
-        lines += ["## Figures", ""] + [f"- `{Path(f).name}`" for f in figures] + [""]
-    return "\n".join(lines)
+    for path in extra:
+        lines += [path.read_text().strip(), ""]
+    if found["figures"]:
+        lines += ["## Figures", ""] + [f"- `{f.name}`" for f in found["figures"]] + [""]
+    return atomic_write_text(exp.results_dir / "report.md", "\n".join(lines))
+
+
+def write_index(results_root: str | os.PathLike) -> Path:
+    """``results_root/index.md``: every experiment folder on disk with its headline numbers
+    (from its ``08_claims.csv``: HCLD vs EMO-only emotion UA per architecture), so that two
+    corpora can be compared side by side."""
+    root = Path(results_root)
+    lines = ["# Experiments on disk", "",
+             "| experiment | report | HCLD - EMO-only, emotion UA (points, per arch) |",
+             "| --- | --- | --- |"]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        claims_csv = folder / "08_claims.csv"
+        headline = "–"
+        if claims_csv.is_file():
+            claims = pd.read_csv(claims_csv)
+            rows = claims[(claims["comparison"] == "HCLD vs EMO-only")
+                          & (claims["metric"] == "emo_ua")]
+            headline = "; ".join(f"{r.arch} {r.ours_mean:+.1f} ({r.verdict})"
+                                 for r in rows.itertuples()) or "–"
+        report = f"[report]({folder.name}/report.md)" if (folder / "report.md").is_file() else "–"
+        lines.append(f"| `{folder.name}` | {report} | {headline} |")
+    return atomic_write_text(root / "index.md", "\n".join(lines) + "\n")

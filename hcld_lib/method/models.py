@@ -1,4 +1,4 @@
-"""Temporal encoders and the two-branch HCLD model (SPEC §1, steps 2-3).
+"""The model: temporal encoders over frozen features, and the two branches X_e and X_s.
 
 Every encoder maps frame features ``x [B, T, D]`` with valid lengths ``lengths [B]`` to one
 utterance embedding ``[B, embed_dim]``. Padding never changes the result:
@@ -11,14 +11,23 @@ utterance embedding ``[B, embed_dim]``. Padding never changes the result:
 * ``transformer``: sinusoidal positions and ``src_key_padding_mask``; nested tensors are turned
   off, and both the fast (inference) path and the regular path give the same embedding.
 
-Pooling is a masked mean (default) or a masked attentive pooling (one learned score per frame,
-softmax over the valid frames only). After pooling, dropout and a linear map give the embedding.
+Pooling is a masked mean over the valid frames; dropout and a linear map then give the embedding.
 
-:class:`DualBranchModel` holds an emotion encoder and, unless ``speaker_branch=False``
-(the EMO-only baseline), a speaker encoder, each with its linear classification head. With
-several SSL layers in the input (``[B, L, T, D]``) each branch first takes its own learnable
-softmax-weighted sum of the layers (:class:`LayerWeightedSum`, as in SUPERB), because emotion
-and speaker information peak at different depths of SSL models.
+:class:`DualBranchModel` gives the emotion embedding X_e and, unless ``speaker_branch=False``
+(the EMO-only baseline), the speaker embedding X_s, each with a linear classification head, in
+one of two layouts (the ``branches`` switch; see the README's open-points table):
+
+* ``"separate"`` (default): two encoders that share no parameter, X_e = Enc_e(x), X_s = Enc_s(x).
+  The frozen features are not trained, so only a loss term that reads both X_e and X_s (the
+  orthogonality penalty) couples the branches; every other term reaches one branch only.
+* ``"shared"``: one encoder, then a two-layer projection per branch,
+  X_e = P_e(Enc(x)), X_s = P_s(Enc(x)) with ``P(h) = W_2 relu(W_1 h + b_1) + b_2``: the paper's
+  single ``X_i = Encoder(x_i)`` from which X_e and X_s are extracted, where every term reaches
+  the shared encoder.
+
+With several SSL layers in the input (``[B, L, T, D]``) each encoder first takes its own
+learnable softmax-weighted sum of the layers (:class:`LayerWeightedSum`, as in SUPERB), because
+emotion and speaker information peak at different depths of SSL models.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from hcld_lib.io import HcldError
 
 ENCODER_ARCHS: tuple[str, ...] = ("cnn", "lstm", "transformer")
-POOLINGS: tuple[str, ...] = ("mean", "attention")
+BRANCHES: tuple[str, ...] = ("separate", "shared")
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -69,29 +78,11 @@ def sinusoidal_positions(n_positions: int, dim: int, device=None, dtype=None) ->
     return pe.to(dtype) if dtype is not None else pe
 
 
-class MaskedPooling(nn.Module):
-    """Pool frames ``h [B, T, C]`` over the valid frames ``mask [B, T]`` -> ``[B, C]``.
-
-    ``"mean"``: ``sum_t m_t h_t / sum_t m_t``.
-    ``"attention"``: ``a = softmax_{t: m_t}(w^T h_t + b)``, output ``sum_t a_t h_t``
-    (padded frames get weight exactly 0).
-    """
-
-    def __init__(self, channels: int, mode: str = "mean") -> None:
-        super().__init__()
-        if mode not in POOLINGS:
-            raise HcldError(f"pooling={mode!r} is not one of {POOLINGS}")
-        self.mode = mode
-        self.score = nn.Linear(channels, 1) if mode == "attention" else None
-
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        m = mask.unsqueeze(-1).to(h.dtype)  # [B, T, 1]
-        if self.score is None:
-            return (h * m).sum(1) / m.sum(1)
-        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))  # [B, T]
-        weights = torch.softmax(scores, dim=1).unsqueeze(-1)
-        # padded frames may hold anything: zero them so 0 * value is never 0 * inf
-        return (weights * h.masked_fill(~mask.unsqueeze(-1), 0.0)).sum(1)
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the valid frames: ``sum_t m_t h_t / sum_t m_t`` for ``h [B, T, C]``, ``mask [B, T]``
+    -> ``[B, C]``."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # [B, T, 1]
+    return (h * m).sum(1) / m.sum(1)
 
 
 class TemporalEncoder(nn.Module):
@@ -104,12 +95,11 @@ class TemporalEncoder(nn.Module):
     arch: str = ""
 
     def __init__(
-        self, input_dim: int, embed_dim: int, out_channels: int, dropout: float, pooling: str
+        self, input_dim: int, embed_dim: int, out_channels: int, dropout: float
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.embed_dim = embed_dim
-        self.pool = MaskedPooling(out_channels, pooling)
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(out_channels, embed_dim)
 
@@ -127,7 +117,7 @@ class TemporalEncoder(nn.Module):
             raise HcldError(f"lengths has {lengths.shape[0]} entries for a batch of {x.shape[0]}")
         mask = lengths_to_mask(lengths, x.shape[1]).to(x.device)
         h = self.frames(x, mask, lengths)
-        return self.proj(self.dropout(self.pool(h, mask)))
+        return self.proj(self.dropout(masked_mean(h, mask)))
 
 
 class CNNEncoder(TemporalEncoder):
@@ -147,9 +137,8 @@ class CNNEncoder(TemporalEncoder):
         n_layers: int = 2,
         dropout: float = 0.1,
         kernel_size: int = 5,
-        pooling: str = "mean",
     ) -> None:
-        super().__init__(input_dim, embed_dim, hidden_dim, dropout, pooling)
+        super().__init__(input_dim, embed_dim, hidden_dim, dropout)
         if kernel_size % 2 != 1:
             raise HcldError(f"kernel_size={kernel_size} must be odd (same-length convolutions)")
         dims = [input_dim] + [hidden_dim] * n_layers
@@ -181,9 +170,8 @@ class BLSTMEncoder(TemporalEncoder):
         hidden_dim: int = 256,
         n_layers: int = 2,
         dropout: float = 0.1,
-        pooling: str = "mean",
     ) -> None:
-        super().__init__(input_dim, embed_dim, 2 * hidden_dim, dropout, pooling)
+        super().__init__(input_dim, embed_dim, 2 * hidden_dim, dropout)
         self.lstm = nn.LSTM(
             input_dim,
             hidden_dim,
@@ -221,9 +209,8 @@ class TransformerEncoder(TemporalEncoder):
         dropout: float = 0.1,
         n_heads: int = 4,
         ff_dim: int | None = None,
-        pooling: str = "mean",
     ) -> None:
-        super().__init__(input_dim, embed_dim, hidden_dim, dropout, pooling)
+        super().__init__(input_dim, embed_dim, hidden_dim, dropout)
         if hidden_dim % n_heads != 0 or hidden_dim % 2 != 0:
             raise HcldError(
                 f"transformer hidden_dim={hidden_dim} must be even and divisible by "
@@ -260,21 +247,20 @@ def build_encoder(
     n_layers: int = 2,
     dropout: float = 0.1,
     n_heads: int = 4,
-    pooling: str = "mean",
 ) -> TemporalEncoder:
     """A temporal encoder ``[B, T, input_dim] -> [B, embed_dim]`` by name.
 
     ``arch``: ``"cnn"`` (1-D convolutions, kernel 5), ``"lstm"`` (bidirectional, ``hidden_dim``
     per direction) or ``"transformer"`` (``n_heads`` heads, feed-forward ``4 * hidden_dim``);
-    ``n_layers`` layers of width ``hidden_dim`` each; ``pooling`` = ``"mean"`` | ``"attention"``.
+    ``n_layers`` layers of width ``hidden_dim`` each.
     """
     if arch == "cnn":
-        return CNNEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout, pooling=pooling)
+        return CNNEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout)
     if arch == "lstm":
-        return BLSTMEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout, pooling=pooling)
+        return BLSTMEncoder(input_dim, embed_dim, hidden_dim, n_layers, dropout)
     if arch == "transformer":
         return TransformerEncoder(
-            input_dim, embed_dim, hidden_dim, n_layers, dropout, n_heads, pooling=pooling
+            input_dim, embed_dim, hidden_dim, n_layers, dropout, n_heads
         )
     raise HcldError(f"unknown encoder arch {arch!r}; choose one of {ENCODER_ARCHS}")
 
@@ -301,8 +287,13 @@ class LayerWeightedSum(nn.Module):
         return torch.einsum("bltd,l->btd", x, w)
 
 
+def projection_head(dim: int) -> nn.Sequential:
+    """A branch's own layers over a shared encoder: ``P(h) = W_2 relu(W_1 h + b_1) + b_2``."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
 class DualBranchModel(nn.Module):
-    """Emotion branch (+ optional speaker branch), each a :class:`TemporalEncoder` + linear head.
+    """The emotion branch (+ the speaker branch), each ending in a linear classification head.
 
     ``forward(x, lengths)`` with ``x [B, T, D]`` (or ``[B, L, T, D]`` when ``n_layers_in > 1``)
     and ``lengths [B]`` returns a dict:
@@ -312,9 +303,12 @@ class DualBranchModel(nn.Module):
     * ``emotion_logits`` ``[B, n_emotions]``,
     * ``speaker_logits`` ``[B, n_speakers]`` or ``None``.
 
-    ``speaker_arch=None`` uses ``emotion_arch``. ``speaker_branch=False`` is the EMO-only model.
-    ``model.emotion_encoder`` is the emotion :class:`TemporalEncoder` (pretrained weights for it
-    load with ``model.emotion_encoder.load_state_dict``).
+    ``branches="separate"``: ``emotion_encoder`` and ``speaker_encoder`` (``speaker_arch=None``
+    uses ``emotion_arch``), each after its own layer mix. ``branches="shared"``: one ``encoder``
+    (``emotion_arch``; the two branches cannot differ) after one layer mix, then
+    ``emotion_projection`` and ``speaker_projection`` (:func:`projection_head`).
+    ``speaker_branch=False`` is the EMO-only model. :meth:`emotion_path` is what X_e is computed
+    by (the part a pretrained emotion encoder fills, see :meth:`load_emotion_state`).
     """
 
     def __init__(
@@ -329,38 +323,64 @@ class DualBranchModel(nn.Module):
         n_layers: int = 2,
         dropout: float = 0.1,
         n_heads: int = 4,
-        pooling: str = "mean",
         n_layers_in: int = 1,
         speaker_branch: bool = True,
+        branches: str = "separate",
     ) -> None:
         super().__init__()
         if n_emotions < 2:
             raise HcldError(f"n_emotions={n_emotions}: a classifier needs at least 2 classes")
         if speaker_branch and n_speakers < 1:
             raise HcldError(f"n_speakers={n_speakers} with speaker_branch=True; need >= 1")
+        if branches not in BRANCHES:
+            raise HcldError(f"branches={branches!r} is not one of {BRANCHES}")
+        if branches == "shared" and speaker_arch not in (None, emotion_arch):
+            raise HcldError(
+                f"branches='shared' has one encoder: speaker_arch={speaker_arch!r} cannot differ "
+                f"from emotion_arch={emotion_arch!r}; use branches='separate' for two encoders"
+            )
         self.n_layers_in = n_layers_in
         self.speaker_branch = speaker_branch
-        kw = dict(
-            input_dim=input_dim,
-            embed_dim=embed_dim,
-            hidden_dim=hidden_dim,
-            n_layers=n_layers,
-            dropout=dropout,
-            n_heads=n_heads,
-            pooling=pooling,
-        )
-        self.emotion_layers = LayerWeightedSum(n_layers_in) if n_layers_in > 1 else None
+        self.branches = branches
+        kw = dict(input_dim=input_dim, embed_dim=embed_dim, hidden_dim=hidden_dim,
+                  n_layers=n_layers, dropout=dropout, n_heads=n_heads)
+
+        def mix() -> LayerWeightedSum | None:
+            return LayerWeightedSum(n_layers_in) if n_layers_in > 1 else None
+
+        if branches == "shared":
+            self.layers = mix()
+            self.encoder = build_encoder(emotion_arch, **kw)
+            self.emotion_projection = projection_head(embed_dim)
+            self.emotion_head = nn.Linear(embed_dim, n_emotions)
+            if speaker_branch:
+                self.speaker_projection = projection_head(embed_dim)
+                self.speaker_head = nn.Linear(embed_dim, n_speakers)
+            return
+        self.emotion_layers = mix()
         self.emotion_encoder = build_encoder(emotion_arch, **kw)
         self.emotion_head = nn.Linear(embed_dim, n_emotions)
-        self.speaker_layers: LayerWeightedSum | None = None
-        self.speaker_encoder: TemporalEncoder | None = None
-        self.speaker_head: nn.Linear | None = None
         if speaker_branch:
-            self.speaker_layers = LayerWeightedSum(n_layers_in) if n_layers_in > 1 else None
+            self.speaker_layers = mix()
             self.speaker_encoder = build_encoder(speaker_arch or emotion_arch, **kw)
             self.speaker_head = nn.Linear(embed_dim, n_speakers)
 
-    def _input(self, x: Tensor, mix: LayerWeightedSum | None) -> Tensor:
+    def emotion_path(self) -> nn.ModuleDict:
+        """The modules X_e is computed by (without the classification head), by name."""
+        names = (("layers", "encoder", "emotion_projection") if self.branches == "shared"
+                 else ("emotion_layers", "emotion_encoder"))
+        return nn.ModuleDict({n: getattr(self, n) for n in names if getattr(self, n) is not None})
+
+    def emotion_state(self) -> dict[str, Tensor]:
+        """The state of :meth:`emotion_path` (what pretraining saves), on the CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.emotion_path().state_dict().items()}
+
+    def load_emotion_state(self, state: dict[str, Tensor]) -> None:
+        """Load a state saved by :meth:`emotion_state` of a model with the same emotion path."""
+        self.emotion_path().load_state_dict(state)
+
+    @staticmethod
+    def _mixed(x: Tensor, mix: LayerWeightedSum | None) -> Tensor:
         return x if mix is None else mix(x)
 
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor | None]:
@@ -370,15 +390,19 @@ class DualBranchModel(nn.Module):
                 f"DualBranchModel(n_layers_in={self.n_layers_in}) expects a {want}-D input, "
                 f"got shape {tuple(x.shape)}"
             )
-        x_e = self.emotion_encoder(self._input(x, self.emotion_layers), lengths)
-        out: dict[str, Tensor | None] = {
+        x_s = None
+        if self.branches == "shared":
+            h = self.encoder(self._mixed(x, self.layers), lengths)
+            x_e = self.emotion_projection(h)
+            if self.speaker_branch:
+                x_s = self.speaker_projection(h)
+        else:
+            x_e = self.emotion_encoder(self._mixed(x, self.emotion_layers), lengths)
+            if self.speaker_branch:
+                x_s = self.speaker_encoder(self._mixed(x, self.speaker_layers), lengths)
+        return {
             "x_e": x_e,
-            "x_s": None,
+            "x_s": x_s,
             "emotion_logits": self.emotion_head(x_e),
-            "speaker_logits": None,
+            "speaker_logits": None if x_s is None else self.speaker_head(x_s),
         }
-        if self.speaker_encoder is not None and self.speaker_head is not None:
-            x_s = self.speaker_encoder(self._input(x, self.speaker_layers), lengths)
-            out["x_s"] = x_s
-            out["speaker_logits"] = self.speaker_head(x_s)
-        return out

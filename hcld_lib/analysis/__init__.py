@@ -1,0 +1,1 @@
+"""Measures on predictions, embeddings and runs: metrics, decoupling, clustering, statistics."""

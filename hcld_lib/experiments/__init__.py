@@ -1,0 +1,1 @@
+"""Experiments: notebook parameters, the grid and its engines, tables, the report, the batch."""

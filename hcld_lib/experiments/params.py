@@ -1,0 +1,365 @@
+"""The notebooks' parameters, the profiles they start from, and the experiment they describe.
+
+Every notebook's first cell (tagged ``parameters``) holds the knobs of :data:`KNOBS` (and its
+own, e.g. ``variant`` in chapter 03); papermill sets them. The next cell is
+``exp = setup(globals())``: a knob left ``None`` takes the value of the profile
+(:data:`PROFILES`), and :class:`Experiment` names the corpus, the folders and the settings of
+every run, in one place.
+
+A **profile** separates what it sets: ``corpus`` (dataset, backbone, corpus size), ``run``
+(:class:`~hcld_lib.training.config.RunConfig` fields: protocol, widths, schedule) and the grid
+(how many folds and which seeds run).
+
+An **experiment** is a corpus x backbone x protocol x profile (x the ``overrides`` of run fields,
+when any). Its folders, under the work and results folders::
+
+    work_dir/corpus/<corpus>/                  the synthetic corpus (written once)
+    work_dir/cache/                            feature caches (keyed by backbone, table, files)
+    work_dir/runs/<experiment>-<hash>/<run>/   training runs (the hash: every run setting)
+    results_dir/<experiment>/                  its figures and tables, and report.md
+
+The default experiment (the quick profile on the embedded corpus, no overrides) also writes its
+figures to ``figures_dir`` (``figures/``, committed); no other experiment touches it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hcld_lib.data import DATASETS, load_corpus
+from hcld_lib.experiments.grid import finished_grid, grid_configs, run_configs
+from hcld_lib.experiments.tables import write_tables
+from hcld_lib.features.cache import FeatureCache
+from hcld_lib.features.extract import extract_features
+from hcld_lib.io import HcldError, atomic_write_bytes, short_hash, slug
+from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS
+from hcld_lib.training.config import RUN_FIELDS, RunConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults for a whole batch of experiments."""
+
+    corpus: dict[str, Any]
+    """``dataset``, ``backbone`` and, for the synthetic corpus, ``n_utterances``."""
+    run: dict[str, Any]
+    """:class:`RunConfig` fields shared by every run."""
+    folds: int
+    """How many of the ``run["n_folds"]`` folds are run (the first ones)."""
+    seeds: tuple[int, ...] = (0,)
+    """The training seeds of every run (each seed also reshuffles the folds)."""
+    threads: int | None = None
+    """Torch threads per process (``OMP_NUM_THREADS``); ``None`` = torch's default."""
+
+
+PROFILES: dict[str, Profile] = {
+    # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames,
+    # few epochs: every notebook of the batch runs in minutes on 2 cores.
+    "quick": Profile(
+        corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=1000),
+        run=dict(
+            protocol="paper", n_folds=5, epochs=6, batch_size=32, lr=2e-3, warmup_epochs=1,
+            embed_dim=64, hidden_dim=64, n_layers=1,
+            # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
+            frame_stride=8, max_frames=25,
+        ),
+        folds=2,
+        seeds=(0,),
+        # the encoders are so small that a second intra-op thread makes them slower
+        threads=1,
+    ),
+    # The paper's settings: IEMOCAP, HuBERT-base, 5 folds, 100 epochs, batch 32, Adam 5e-4.
+    "paper": Profile(
+        corpus=dict(dataset="iemocap", backbone="torchaudio:hubert_base"),
+        run=dict(
+            protocol="paper", n_folds=5, epochs=100, batch_size=32, lr=5e-4, warmup_epochs=5,
+            embed_dim=256, hidden_dim=256, n_layers=2, frame_stride=1, max_frames=None,
+        ),
+        folds=5,
+        seeds=(0,),
+    ),
+}
+
+#: The knobs of every notebook's parameters cell, with their defaults (None = the profile's).
+KNOBS: dict[str, Any] = dict(
+    profile="quick",
+    dataset=None,
+    iemocap_root=None,
+    manifest=None,
+    backbone=None,
+    protocol=None,
+    folds=None,
+    seeds=None,
+    epochs=None,
+    variants=None,
+    archs=None,
+    device="auto",
+    n_utterances=None,
+    seed=0,
+    work_dir="../runs",
+    figures_dir="../figures",
+    results_dir="../results",
+    overrides=None,
+)
+
+
+def profile(name: str) -> Profile:
+    """The profile called ``name``; an unknown name is an error listing the known ones."""
+    if name not in PROFILES:
+        raise HcldError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def provenance(**parts: Any) -> str:
+    """One line naming what made a figure or table, e.g.
+    ``"profile=quick | corpus=synthetic-n1000-seed0 | backbone=fbank | protocol=paper"``."""
+    return " | ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
+
+
+@dataclass
+class Experiment:
+    """One experiment: its settings, folders and the runs' base settings (see the module doc)."""
+
+    profile: str
+    dataset: str
+    backbone: str
+    protocol: str
+    corpus_name: str
+    folds: list[int]
+    seeds: list[int]
+    variants: list[str]
+    archs: list[str]
+    device: str
+    seed: int
+    n_utterances: int
+    iemocap_root: str | None
+    manifest: str | None
+    run_settings: dict[str, Any]
+    """The RunConfig fields every run gets (profile, ``epochs``, ``overrides``)."""
+    overrides: dict[str, Any]
+    work_dir: Path
+    results_root: Path
+    figures_dir: Path
+    name: str
+    is_default: bool
+    _table: pd.DataFrame | None = field(default=None, repr=False)
+    _cache: FeatureCache | None = field(default=None, repr=False)
+
+    # --- folders -------------------------------------------------------------------------------
+    @property
+    def results_dir(self) -> Path:
+        """``results_dir/<experiment>/``: this experiment's figures, tables and report."""
+        return self.results_root / self.name
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.work_dir / "corpus" / self.corpus_name
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.work_dir / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        key = {k: v for k, v in self.run_settings.items() if k != "device"}
+        return self.work_dir / "runs" / f"{self.name}-{short_hash(key)}"
+
+    @property
+    def caption(self) -> str:
+        """The provenance line printed under every figure and above every table."""
+        return self.caption_with()
+
+    def caption_with(self, **extra: Any) -> str:
+        return provenance(profile=self.profile, corpus=self.corpus_name, backbone=self.backbone,
+                          protocol=self.protocol, **extra)
+
+    def provenance_columns(self) -> dict[str, Any]:
+        """``{profile, corpus, backbone, protocol}``: constant columns of every CSV table."""
+        return {"profile": self.profile, "corpus": self.corpus_name, "backbone": self.backbone,
+                "protocol": self.protocol}
+
+    # --- data ----------------------------------------------------------------------------------
+    def corpus(self) -> pd.DataFrame:
+        """The utterance table; the synthetic corpus is written once into ``corpus_dir``."""
+        if self._table is None:
+            if self.dataset == "synthetic":
+                self._table = load_corpus("synthetic", synthetic_dir=self.corpus_dir,
+                                          seed=self.seed, n_utterances=self.n_utterances)
+            elif self.dataset == "iemocap":
+                self._table = load_corpus("iemocap", root=self.iemocap_root)
+            else:
+                self._table = load_corpus("manifest", manifest=self.manifest)
+        return self._table
+
+    def features(self, progress: bool = True) -> FeatureCache:
+        """The feature cache of the corpus and backbone: extracted on the first call (any
+        notebook), opened afterwards."""
+        if self._cache is None:
+            self._cache = extract_features(self.corpus(), backbone=self.backbone,
+                                           cache_dir=self.cache_dir, device=self.device,
+                                           progress=progress)
+        return self._cache
+
+    def timed_features(self) -> tuple[FeatureCache, float, bool]:
+        """``(cache, seconds, reused)``: the cache, how long getting it took, and whether it
+        existed before."""
+        before = {m.parent for m in self.cache_dir.glob("*/meta.json")}
+        start = time.perf_counter()
+        cache = self.features()
+        return cache, time.perf_counter() - start, cache.path in before
+
+    # --- runs ----------------------------------------------------------------------------------
+    def config(self, variant: str = "hcld", arch: str | None = None, fold: int | None = None,
+               seed: int | None = None, **changes: Any) -> RunConfig:
+        """The settings of one run of this experiment (the feature cache is made if needed).
+
+        Under ``protocol="loso"`` ``n_folds`` is the number of sessions of the corpus.
+        """
+        cache = self.features(progress=False)
+        fields = dict(self.run_settings)
+        if self.protocol == "loso":
+            fields["n_folds"] = int(cache.table["session"].nunique())
+        fields.update(
+            variant=variant, emotion_arch=arch or self.archs[0],
+            fold=self.folds[0] if fold is None else int(fold),
+            seed=self.seeds[0] if seed is None else int(seed),
+            features=str(cache.path), out_dir=str(self.runs_dir), device=self.device,
+            extra={"profile": self.profile, "corpus": self.corpus_name,
+                   "backbone": self.backbone, "experiment": self.name},
+        )
+        fields.update(changes)
+        return RunConfig(**fields)
+
+    def grid_configs(self, variants: Sequence[str] | None = None,
+                     archs: Sequence[str] | None = None, folds: Sequence[int] | None = None,
+                     seeds: Sequence[int] | None = None, **overrides: Any) -> list[RunConfig]:
+        """The runs of a grid of this experiment (default: its variants, archs, folds, seeds)."""
+        return grid_configs(self.config(), self.variants if variants is None else variants,
+                            self.archs if archs is None else archs,
+                            self.folds if folds is None else folds,
+                            self.seeds if seeds is None else seeds, self.runs_dir, overrides)
+
+    def grid(self, variants: Sequence[str] | None = None, archs: Sequence[str] | None = None,
+             folds: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
+             progress: bool = True, **overrides: Any) -> pd.DataFrame:
+        """Train every run of the grid that has not finished; one row per run."""
+        configs = self.grid_configs(variants, archs, folds, seeds, **overrides)
+        return run_configs(configs, progress=progress)
+
+    def finished(self, variants: Sequence[str] | None = None, archs: Sequence[str] | None = None,
+                 folds: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
+                 **overrides: Any) -> pd.DataFrame:
+        """The rows of a grid's finished runs, never training (an error names missing runs)."""
+        return finished_grid(self.grid_configs(variants, archs, folds, seeds, **overrides))
+
+    def run_dir(self, variant: str, arch: str | None = None, fold: int | None = None,
+                seed: int | None = None) -> Path:
+        """The folder of one finished run (an error if it has not finished)."""
+        config = self.config(variant, arch, fold, seed, **self.overrides)
+        finished_grid([config])
+        return Path(config.out_dir) / config.resolved_run_name
+
+    # --- outputs -------------------------------------------------------------------------------
+    def write_table(self, df: pd.DataFrame, stem: str, title: str, notes: Sequence[str] = (),
+                    index: bool = True) -> tuple[Path, Path]:
+        """``<stem>.csv`` and ``<stem>.md`` in the experiment's folder, the CSV with the
+        provenance columns (:func:`hcld_lib.experiments.tables.write_tables`)."""
+        return write_tables(df, self.results_dir, stem, title, notes, index,
+                            provenance=self.provenance_columns())
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 120) -> Path:
+        """Write ``fig`` as ``<name>.png`` into the experiment's folder (and, for the default
+        experiment, into ``figures_dir``), atomically; returns the experiment's copy."""
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        path = atomic_write_bytes(self.results_dir / f"{name}.png", buf.getvalue())
+        if self.is_default:
+            atomic_write_bytes(self.figures_dir / f"{name}.png", buf.getvalue())
+        return path
+
+
+def _listed(value: Any, default: Sequence[Any]) -> list[Any]:
+    if value is None:
+        return list(default)
+    if isinstance(value, str | int):
+        return [value]
+    return list(value)
+
+
+def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experiment:
+    """The experiment a notebook's parameters describe.
+
+    ``namespace`` is the notebook's ``globals()``: the knobs of :data:`KNOBS` found in it are
+    used (any other name is ignored); ``knobs`` given here win. Relative folders are resolved
+    against the current directory (a notebook's folder under Jupyter and papermill).
+
+    Raises:
+        HcldError: an unknown profile or dataset, a missing ``iemocap_root`` / ``manifest``, or
+            an ``overrides`` key that is not a RunConfig field.
+    """
+    given = {k: (namespace or {}).get(k, v) for k, v in KNOBS.items()}
+    given.update(knobs)
+    prof = profile(given["profile"])
+    dataset = given["dataset"] or prof.corpus["dataset"]
+    if dataset not in DATASETS:
+        raise HcldError(f"dataset={dataset!r}; choose one of {DATASETS}")
+    if dataset == "iemocap" and not given["iemocap_root"]:
+        raise HcldError("dataset='iemocap' needs iemocap_root (the folder holding Session1..5)")
+    if dataset == "manifest" and not given["manifest"]:
+        raise HcldError("dataset='manifest' needs manifest (a CSV with path, speaker, emotion)")
+    backbone = given["backbone"] or prof.corpus["backbone"]
+    n_utt = int(given["n_utterances"] or prof.corpus.get("n_utterances", 1000))
+    seed = int(given["seed"])
+    overrides = dict(given["overrides"] or {})
+    bad = sorted(set(overrides) - RUN_FIELDS)
+    if bad:
+        raise HcldError(f"overrides {bad} are not RunConfig fields; see "
+                        "hcld_lib.training.config.RunConfig")
+    run = dict(prof.run)
+    if given["protocol"]:
+        run["protocol"] = given["protocol"]
+    if given["epochs"] is not None:
+        run["epochs"] = int(given["epochs"])
+    run.update(overrides)
+    n_folds = int(run.get("n_folds", 5))
+    n_run = int(given["folds"] if given["folds"] is not None else prof.folds)
+    run["n_folds"] = max(n_folds, n_run)  # asking for more folds than the profile splits into
+    seeds = [int(s) for s in _listed(given["seeds"], prof.seeds)]
+
+    if dataset == "synthetic":
+        corpus = f"synthetic-n{n_utt}-seed{seed}"
+    elif dataset == "iemocap":
+        corpus = "iemocap"
+    else:
+        manifest_path = str(Path(given["manifest"]).expanduser().absolute())
+        corpus = f"manifest-{slug(Path(manifest_path).stem)}-{short_hash(manifest_path)}"
+    name = f"{corpus}__{slug(backbone)}__{run['protocol']}__{given['profile']}"
+    if overrides:
+        name += f"__{short_hash(overrides)}"
+    default = (given["profile"] == "quick" and dataset == "synthetic" and not overrides
+               and all(given[k] == KNOBS[k] for k in ("backbone", "protocol", "epochs",
+                                                       "n_utterances", "seed")))
+    return Experiment(
+        profile=given["profile"], dataset=dataset, backbone=backbone, protocol=run["protocol"],
+        corpus_name=corpus, folds=list(range(n_run)), seeds=seeds,
+        variants=_listed(given["variants"], PAPER_VARIANTS),
+        archs=_listed(given["archs"], ARCHS), device=given["device"] or "auto", seed=seed,
+        n_utterances=n_utt,
+        iemocap_root=(str(Path(given["iemocap_root"]).expanduser().absolute())
+                      if given["iemocap_root"] else None),
+        manifest=(str(Path(given["manifest"]).expanduser().absolute())
+                  if given["manifest"] else None),
+        run_settings=run, overrides=overrides,
+        work_dir=Path(given["work_dir"]).expanduser().absolute(),
+        results_root=Path(given["results_dir"]).expanduser().absolute(),
+        figures_dir=Path(given["figures_dir"]).expanduser().absolute(),
+        name=name, is_default=default,
+    )

@@ -1,0 +1,369 @@
+"""Feature extraction: every utterance of a table through a frozen backbone, once, into a cache.
+
+Backbones (the ``backbone`` string of :func:`extract_features`): ``"fbank"``
+(:mod:`~hcld_lib.features.fbank`, the embedded default), ``"torchaudio:hubert_base"`` and
+``"hf:<model name or folder>"`` (:mod:`~hcld_lib.features.ssl`). The cache format is that of
+:mod:`~hcld_lib.features.cache`; an interrupted extraction resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+import warnings
+import zlib
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hcld_lib.data.audio import audio_num_samples, load_audio
+from hcld_lib.features.backbone import Backbone, sha256_bytes
+from hcld_lib.features.cache import (
+    CACHE_FORMAT,
+    CACHE_FORMAT_VERSION,
+    FEATURE_CODE_VERSION,
+    FeatureCache,
+    files_fingerprint,
+    npy_header,
+    open_cache,
+    prepare_table,
+    table_csv,
+)
+from hcld_lib.features.fbank import FbankBackbone
+from hcld_lib.features.ssl import HFBackbone, TorchaudioHubertBackbone
+from hcld_lib.io import HcldError, atomic_save_npz, atomic_write_json, atomic_write_text
+from hcld_lib.runtime import progress as progress_bar
+from hcld_lib.runtime import resolve_device
+
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+def get_backbone(
+    backbone: str, checkpoint: str | os.PathLike | None = None, sample_rate: int = 16000
+) -> Backbone:
+    """Build the backbone named by ``backbone`` (weights are loaded by ``.load(device)``).
+
+    Raises:
+        HcldError: unknown name, a checkpoint for a backbone that takes none, a sample rate
+            the model was not trained on, a Hugging Face model that cannot be found.
+    """
+    if not isinstance(backbone, str):
+        raise HcldError(f"backbone must be a string, got {backbone!r}")
+    if backbone.startswith("hf:"):
+        if checkpoint is not None:
+            raise HcldError(
+                "for hf: backbones give the model folder in the name: 'hf:/path/to/folder'"
+            )
+        return HFBackbone(backbone[3:], sample_rate=sample_rate)
+    if backbone == "torchaudio:hubert_base":
+        return TorchaudioHubertBackbone(checkpoint, sample_rate=sample_rate)
+    if backbone == "fbank":
+        if checkpoint is not None:
+            raise HcldError("the fbank backbone has no weights: leave checkpoint=None")
+        return FbankBackbone(sample_rate=sample_rate)
+    raise HcldError(
+        f"unknown backbone {backbone!r}: use 'fbank', 'torchaudio:hubert_base' or "
+        "'hf:<model name or folder>'"
+    )
+
+
+def _resolve_layers(layer: str | int, num_layers: int, spec: str) -> tuple[int, ...]:
+    if layer == "last":
+        return (num_layers - 1,)
+    if layer == "all":
+        return tuple(range(num_layers))
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        idx = int(layer) + num_layers if layer < 0 else int(layer)
+        if 0 <= idx < num_layers:
+            return (idx,)
+        raise HcldError(
+            f"layer {layer} is out of range for {spec}, which has hidden states 0..{num_layers - 1}"
+        )
+    raise HcldError(f"layer must be 'last', 'all' or an int, got {layer!r}")
+
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "hcld" / "features"
+
+
+def _fresh_state(folder: Path, shape: tuple[int, ...]) -> tuple[np.memmap, dict[str, np.ndarray]]:
+    for name in ("features.npy", "progress.npz", "index.csv", "meta.json"):
+        (folder / name).unlink(missing_ok=True)
+    array = np.lib.format.open_memmap(
+        folder / "features.npy", mode="w+", dtype=np.float16, shape=shape
+    )
+    n = shape[0]
+    state = {
+        "done": np.zeros(n, dtype=bool),
+        "lengths": np.zeros(n, dtype=np.int64),
+        "crc": np.zeros(n, dtype=np.int64),
+    }
+    atomic_save_npz(folder / "progress.npz", **state)
+    return array, state
+
+
+def _resume_state(
+    folder: Path, shape: tuple[int, ...]
+) -> tuple[np.memmap, dict[str, np.ndarray]] | None:
+    """The arrays of an interrupted run, or None if they are absent or inconsistent."""
+    feat, prog = folder / "features.npy", folder / "progress.npz"
+    if not (feat.is_file() and prog.is_file()):
+        return None
+    try:
+        got_shape, dtype, offset = npy_header(feat)
+        if got_shape != shape or dtype != np.float16:
+            return None
+        if feat.stat().st_size != offset + int(np.prod(shape)) * 2:
+            return None
+        with np.load(prog) as z:
+            state = {k: np.array(z[k]) for k in ("done", "lengths", "crc")}
+        if any(v.shape != (shape[0],) for v in state.values()):
+            return None
+        array = np.lib.format.open_memmap(feat, mode="r+")
+    except Exception:
+        return None
+    return array, state
+
+
+def extract_features(
+    table: pd.DataFrame,
+    backbone: str = "fbank",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    max_seconds: float | None = 7.5,
+    sample_rate: int = 16000,
+    layer: str | int = "last",
+    checkpoint: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> FeatureCache:
+    """Encode every utterance of ``table`` once with a frozen backbone and cache the features.
+
+    Args:
+        table: utterance table (``utterance_id``, ``path``, ``speaker``, ``emotion``, ...).
+        backbone: ``"fbank"`` | ``"torchaudio:hubert_base"`` | ``"hf:<model name or folder>"``.
+        cache_dir: parent folder; the cache is ``cache_dir/<backbone-slug>-<key[:12]>/``.
+            None: ``$XDG_CACHE_HOME/hcld/features`` (``~/.cache/hcld/features``).
+        max_seconds: each clip is trimmed or zero-padded to this length (7.5 s: T = 374);
+            None keeps every clip whole (T = the longest clip's frames).
+        sample_rate: audio is resampled to this rate (16000 for the SSL encoders).
+        layer: ``"last"`` (the paper's), a hidden-state index (negative counts from the end), or
+            ``"all"`` to keep every hidden state for a learnable weighted sum.
+        checkpoint: for ``torchaudio:hubert_base``, a state-dict file (default: torch hub cache).
+        batch_size: utterances per forward pass (batches group clips of similar length).
+        device: None picks CUDA when present, else CPU.
+        progress: show a tqdm bar (utterances/s, ETA).
+
+    Returns:
+        The complete :class:`FeatureCache`: ``array`` float16 ``[N, T, D]`` (``[N, L, T, D]`` for
+        ``layer="all"``) and ``lengths`` ``[N]`` valid frames. An existing complete cache with the
+        same key is returned without recomputation; an interrupted one is resumed (only the
+        missing rows are computed); a corrupted one is rebuilt with a warning.
+
+    Raises:
+        HcldError: bad table, unreadable audio, unknown backbone, missing weights.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise HcldError(f"batch_size must be a positive int, got {batch_size!r}")
+    table = prepare_table(table)
+    bb = get_backbone(backbone, checkpoint=checkpoint, sample_rate=sample_rate)
+    layers = _resolve_layers(layer, bb.num_layers, bb.spec)
+    max_seconds = None if max_seconds is None else float(max_seconds)
+    if max_seconds is not None and not max_seconds > 0:
+        raise HcldError(f"max_seconds must be positive or None, got {max_seconds!r}")
+
+    table_text = table_csv(table)
+    paths = table["path"].tolist()
+    key_parts = {
+        "feature_code_version": FEATURE_CODE_VERSION,
+        "backbone": bb.spec if not bb.spec.startswith("hf:") else "hf",
+        "identity": bb.identity(),
+        "layers": list(layers),
+        "all_layers": layer == "all",
+        "max_seconds": max_seconds,
+        "sample_rate": bb.sample_rate,
+        "table_sha256": sha256_bytes(table_text.encode()),
+        "files_sha256": files_fingerprint(paths),
+    }
+    key = sha256_bytes(json.dumps(key_parts, sort_keys=True).encode())
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    folder = root / f"{bb.slug}-{key[:12]}"
+
+    if (folder / "meta.json").exists():
+        try:
+            return open_cache(folder)
+        except HcldError as err:
+            warnings.warn(f"{err} Rebuilding it.", stacklevel=2)
+            shutil.rmtree(folder)
+
+    start = time.time()
+    n = len(table)
+    n_samples = np.array(
+        [audio_num_samples(p, bb.sample_rate, max_seconds) for p in paths], dtype=np.int64
+    )
+    if max_seconds is not None:
+        max_frames = bb.frame_count(int(round(max_seconds * bb.sample_rate)))
+    else:
+        max_frames = max(bb.frame_count(int(k)) for k in n_samples)
+    shape: tuple[int, ...] = (n, max_frames, bb.feature_dim)
+    if layer == "all":
+        shape = (n, len(layers), max_frames, bb.feature_dim)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table_path = folder / "table.csv"
+    if not table_path.is_file() or table_path.read_text() != table_text:
+        atomic_write_text(table_path, table_text)
+    resumed = _resume_state(folder, shape)
+    if resumed is None:
+        if (folder / "progress.npz").exists() or (folder / "features.npy").exists():
+            warnings.warn(
+                f"feature cache {folder}: the interrupted run's files are unusable; starting over.",
+                stacklevel=2,
+            )
+        array, state = _fresh_state(folder, shape)
+    else:
+        array, state = resumed
+    todo = np.flatnonzero(~state["done"])
+    dev = resolve_device(device)
+
+    if len(todo):
+        bb.load(dev)
+        order = todo[
+            np.argsort(-n_samples[todo], kind="stable")
+        ]  # longest first: memory peaks early
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        _run_batches(bb, table, batches, array, state, folder, layers, max_seconds, progress, n)
+    del array
+
+    index = pd.DataFrame(
+        {
+            "utterance_id": table["utterance_id"],
+            "row": np.arange(n),
+            "length": state["lengths"],
+            "crc32": state["crc"],
+        }
+    )
+    index_text = table_csv(index)
+    atomic_write_text(folder / "index.csv", index_text)
+    feat_path = folder / "features.npy"
+    meta = {
+        "format": CACHE_FORMAT,
+        "format_version": CACHE_FORMAT_VERSION,
+        "complete": True,
+        "key": key,
+        "key_parts": key_parts,
+        "backbone": bb.spec,
+        "checkpoint": (
+            str(bb.checkpoint_file()) if isinstance(bb, TorchaudioHubertBackbone) else None
+        ),
+        "layer": layer,
+        "layers": list(layers),
+        "n_layers": len(layers) if layer == "all" else 1,
+        "max_seconds": max_seconds,
+        "sample_rate": bb.sample_rate,
+        "frame_rate_hz": 50.0,
+        "shape": list(shape),
+        "dtype": "float16",
+        "feature_dim": bb.feature_dim,
+        "max_frames": max_frames,
+        "n_utterances": n,
+        "features_bytes": feat_path.stat().st_size,
+        "table_sha256": sha256_bytes(table_text.encode()),
+        "index_sha256": sha256_bytes(index_text.encode()),
+        "feature_code_version": FEATURE_CODE_VERSION,
+        "versions": _versions(),
+        "device": str(dev),
+        "seconds_last_run": round(time.time() - start, 3),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(folder / "meta.json", meta)
+    (folder / "progress.npz").unlink(missing_ok=True)
+    return open_cache(folder)
+
+
+def _versions() -> dict[str, str]:
+    return {name: version(name) for name in ("torch", "torchaudio", "numpy", "transformers")}
+
+
+def _load_batch(
+    paths: Sequence[str], sample_rate: int, max_seconds: float | None, min_samples: int
+) -> list[np.ndarray]:
+    """Valid samples of each clip, zero-padded up to ``min_samples``."""
+    waves = []
+    for p in paths:
+        w, valid = load_audio(p, sample_rate=sample_rate, max_seconds=max_seconds)
+        w = w[:valid]
+        if valid < min_samples:
+            w = np.pad(w, (0, min_samples - valid))
+        waves.append(np.ascontiguousarray(w, dtype=np.float32))
+    return waves
+
+
+def _run_batches(
+    bb: Backbone,
+    table: pd.DataFrame,
+    batches: list[np.ndarray],
+    array: np.memmap,
+    state: dict[str, np.ndarray],
+    folder: Path,
+    layers: tuple[int, ...],
+    max_seconds: float | None,
+    progress: bool,
+    n_total: int,
+) -> None:
+    """Encode the batches, writing rows then the done flags (in that order) after each batch."""
+    paths = table["path"].to_numpy()
+    max_frames = array.shape[-2]
+    squeeze = array.ndim == 3
+    bar = progress_bar(total=n_total, initial=int(state["done"].sum()), unit="utt",
+                       desc=f"features {bb.spec}", enabled=progress)
+    # read the next batch's audio while the current one is encoded
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+
+        def submit(b: np.ndarray) -> concurrent.futures.Future:
+            return pool.submit(
+                _load_batch, paths[b].tolist(), bb.sample_rate, max_seconds, bb.min_samples
+            )
+
+        pending = submit(batches[0])
+        try:
+            for k, rows in enumerate(batches):
+                waves = pending.result()
+                if k + 1 < len(batches):
+                    pending = submit(batches[k + 1])
+                feats, frames = bb.forward(waves, layers)  # [B, L, T', D]
+                if frames.max() > max_frames:
+                    raise HcldError(
+                        f"{paths[rows[int(frames.argmax())]]} gives {frames.max()} frames, "
+                        "more than "
+                        f"the cache's {max_frames}: the file changed during extraction; re-run."
+                    )
+                out = np.zeros(
+                    (len(rows), feats.shape[1], max_frames, feats.shape[-1]), dtype=np.float16
+                )
+                for j, t in enumerate(frames):
+                    x = feats[j, :, :t].numpy()
+                    out[j, :, :t] = np.clip(x, -_FP16_MAX, _FP16_MAX)
+                if squeeze:
+                    out = out[:, 0]
+                order = np.argsort(rows)
+                rows_sorted = rows[order]
+                array[rows_sorted] = out[order]
+                array.flush()
+                state["done"][rows] = True
+                state["lengths"][rows] = frames
+                state["crc"][rows] = [zlib.crc32(out[j].data) for j in range(len(rows))]
+                atomic_save_npz(folder / "progress.npz", **state)
+                bar.update(len(rows))
+        finally:
+            pending.cancel()
+            bar.close()

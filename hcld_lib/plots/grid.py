@@ -1,0 +1,50 @@
+"""Figures of the grid: ours beside the paper's Table II."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hcld_lib.io import HcldError
+from hcld_lib.method.variants import variant_label
+from hcld_lib.plots.style import finish_figure
+
+
+def plot_grid_comparison(
+    side_by_side: pd.DataFrame, caption: str | None = None, metric: str = "emo_ua"
+) -> Figure:
+    """Our mean ± std over folds beside the paper's number, per variant and architecture.
+
+    Args:
+        side_by_side: long table of :func:`hcld_lib.experiments.tables.comparison` (columns
+            ``variant``, ``arch``, ``<metric>_mean``, ``<metric>_std``, ``paper_<metric>``).
+        metric: ``emo_wa``, ``emo_ua``, ``spk_wa`` or ``spk_ua``.
+    """
+    need = {"variant", "arch", f"{metric}_mean"}
+    if not need <= set(side_by_side.columns):
+        raise HcldError(f"side_by_side lacks {sorted(need - set(side_by_side.columns))}")
+    archs = list(dict.fromkeys(side_by_side["arch"]))
+    variants = list(dict.fromkeys(side_by_side["variant"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 4.2), squeeze=False,
+                             sharey=True)
+    x = np.arange(len(variants))
+    for ax, arch in zip(axes[0], archs):
+        sub = side_by_side[side_by_side["arch"] == arch].set_index("variant").reindex(variants)
+        ours = sub[f"{metric}_mean"].to_numpy(dtype=float)
+        err = sub.get(f"{metric}_std", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=float)
+        ax.bar(x - 0.2, np.nan_to_num(ours), 0.4, yerr=np.nan_to_num(err), capsize=3,
+               color="#1f77b4", label="ours (mean ± std over folds)")
+        paper_col = f"paper_{metric}"
+        if paper_col in sub:
+            ax.bar(x + 0.2, np.nan_to_num(sub[paper_col].to_numpy(dtype=float)), 0.4,
+                   color="#bbbbbb", label="paper (IEMOCAP, HuBERT)")
+        ax.set_xticks(x, [variant_label(v) for v in variants], rotation=30, fontsize=8)
+        ax.set(title=arch, xlabel="variant")
+        task, _, name = metric.partition("_")
+        ax.set_ylabel(f"{'emotion' if task == 'emo' else 'speaker'} {name.upper()} (%)")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    return finish_figure(fig, "Ours beside the paper's Table II", caption)
+
+

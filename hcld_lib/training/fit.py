@@ -1,0 +1,216 @@
+"""The one training loop: every run and every pretraining goes through :func:`fit`.
+
+::
+
+    for epoch in start..E-1:
+        for step, batch in enumerate(batches(epoch)):          # deterministic from (seed, epoch)
+            lr_t = lr * min(1, (epoch + (step + 1) / steps) / warmup_epochs)   # linear warm-up
+            out  = forward(batch)                               # under autocast when amp
+            L, terms = loss(out, batch)                         # always in float32
+            Adam step on L
+        row = {epoch, lr, loss, loss_<term>...} + evaluate(epoch)
+        keep the module's state when evaluate's score is the best so far (the earlier on ties)
+        every ``checkpoint_every`` epochs and after the last: write the checkpoint
+
+**Schedule** (the paper's, by default): Adam; the learning rate rises linearly over the first
+``warmup_epochs`` epochs, step by step, then stays constant (the paper states no decay). The
+schedule is a pure function of (epoch, step), so a resumed run needs no scheduler state.
+
+**Resumption.** The checkpoint (module, optimiser, the Python / NumPy / torch RNG states,
+history, best state, the run's identity) is written atomically. Batches depend only on
+``(seed, epoch)``, so a run killed at any point and started again continues from its last
+checkpoint and ends with exactly the numbers of an uninterrupted run. A checkpoint whose identity
+differs from the run's is refused.
+
+**Mixed precision** (``amp=True`` on CUDA): the forward pass runs under ``torch.autocast`` in
+bfloat16 where the GPU supports it (else float16 with a gradient scaler); the model's outputs are
+cast to float32 before the loss terms, so every loss is computed in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hcld_lib.io import HcldError, atomic_torch_save
+
+Batch = dict[str, Tensor]
+Evaluation = tuple[dict[str, float], float | None, Any]
+"""What ``evaluate(epoch)`` returns: columns for the history row, the selection score (higher is
+better; ``None`` = no selection, keep the last epoch) and any payload to keep with the best."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and the selected epoch's state."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    """The selected epoch (1-based): the best score, the earlier on ties; the last without one."""
+    best_state: dict[str, Tensor]
+    best_payload: Any
+    seconds: float
+
+
+def _state_copy(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _float32(out: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
+    return {k: (v.float() if isinstance(v, Tensor) and v.is_floating_point() else v)
+            for k, v in out.items()}
+
+
+def fit(
+    module: nn.Module,
+    batches: Callable[[int], Collection[Batch]],
+    forward: Callable[[Batch], dict[str, Tensor | None]],
+    loss: Callable[[dict[str, Tensor | None], Batch], tuple[Tensor, dict[str, Any]]],
+    *,
+    epochs: int,
+    lr: float,
+    warmup_epochs: int = 0,
+    weight_decay: float = 0.0,
+    terms: Sequence[str] = (),
+    evaluate: Callable[[int], Evaluation] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 1,
+    identity: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> FitResult:
+    """Train every parameter of ``module`` with Adam; return the history and the best state.
+
+    Args:
+        module: all that is trained (a model, or an ``nn.ModuleDict`` of several parts).
+        batches: ``batches(epoch)`` (0-based) -> the epoch's batches (with a length), the same
+            for the same epoch.
+        forward: ``forward(batch)`` -> the model's outputs (a dict of tensors).
+        loss: ``loss(outputs, batch)`` -> ``(L, {term: value})``; values may be tensors or floats.
+        epochs, lr, warmup_epochs, weight_decay: the schedule (module docstring).
+        terms: the term names logged per epoch as ``loss_<term>`` (unweighted means over the
+            epoch's batches; NaN for a term the loss did not return).
+        evaluate: ``evaluate(epoch)`` (1-based) after each epoch, in eval mode, see
+            :data:`Evaluation`; ``None``: no evaluation, the last epoch is kept.
+        checkpoint: where the resumable checkpoint goes (``None``: no checkpoint); it is
+            written every ``checkpoint_every`` epochs and after the last, and read on start.
+        identity: what the checkpoint must match to be resumed (e.g. the run's settings).
+        on_epoch_end: called with each epoch's history row.
+        device: where ``module`` lives. amp: mixed precision on CUDA.
+    Raises:
+        HcldError: a non-finite loss (naming epoch, step and terms), or a checkpoint of another
+            run.
+    """
+    device = torch.device(device)
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    cast = _autocast_dtype(device, amp)
+    scaler = torch.amp.GradScaler("cuda") if cast == torch.float16 else None
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "state": None, "payload": None}
+    start, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if ckpt.get("identity") != identity:
+            raise HcldError(f"{checkpoint} belongs to a different run; delete it (or the run "
+                            "folder) to start this run afresh")
+        module.load_state_dict(ckpt["module"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, best = ckpt["history"], ckpt["best"]
+        start, elapsed = int(ckpt["epoch"]), float(ckpt["seconds"])
+        _set_rng_state(ckpt["rng"])
+
+    module.train()
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        lr_t = lr
+        epoch_batches = batches(epoch)
+        for step, batch in enumerate(epoch_batches):
+            if warmup_epochs > 0:
+                lr_t = lr * min(1.0, (epoch + (step + 1) / len(epoch_batches)) / warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_t
+            with torch.autocast(device.type, dtype=cast or torch.float32,
+                                enabled=cast is not None):
+                out = forward(batch)
+            total, values = loss(_float32(out) if cast is not None else out, batch)
+            if not torch.isfinite(total):
+                shown = {k: float(v) for k, v in values.items()}
+                raise HcldError(f"non-finite loss at epoch {epoch + 1} step {step} ({shown}); "
+                                "lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                total.backward()
+                optimizer.step()
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
+            n_steps += 1
+
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_t,
+                               "loss": sums.get("loss", 0.0) / max(n_steps, 1)}
+        for term in terms:
+            row[f"loss_{term}"] = sums[term] / n_steps if term in sums else float("nan")
+        score, payload = None, None
+        if evaluate is not None:
+            module.eval()
+            with torch.no_grad():
+                columns, score, payload = evaluate(epoch + 1)
+            module.train()
+            row.update(columns)
+        elapsed += time.perf_counter() - t0
+        row["seconds"] = elapsed
+        history.append(row)
+        if score is None or score > best["score"]:
+            best = {"epoch": epoch + 1, "score": -math.inf if score is None else score,
+                    "state": _state_copy(module), "payload": payload}
+        last = epoch + 1 == epochs
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or last):
+            atomic_torch_save(
+                {"identity": identity, "epoch": epoch + 1, "module": _state_copy(module),
+                 "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
+                 "best": best, "seconds": elapsed},
+                checkpoint,
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+    if not history:
+        raise HcldError(f"epochs={epochs}: nothing to train")
+    return FitResult(history, int(best["epoch"]), best["state"], best["payload"], elapsed)

@@ -1,0 +1,259 @@
+"""Cluster-based contrastive pretraining of the emotion path, on emotion-unlabelled speech.
+
+From *emotion inside speaker embeddings* (Ulgen, Du, Busso, Sisman, ICASSP 2024): speaker
+embeddings hide emotion as intra-speaker clusters (:mod:`hcld_lib.analysis.clustering`), so the
+clusters can stand in for the emotion labels one does not have. Only that paper's abstract is
+available to us; every choice below is a documented parameter.
+
+**Pseudo-labels** (:func:`fold_pseudo_labels`). Embed the fold's training utterances with a
+pretrained speaker encoder (:mod:`hcld_lib.features.speaker_encoders`), run k-means within each
+speaker (k = the number of emotion classes by default), and label every utterance with its
+(speaker, cluster) pair. No emotion label is read.
+
+**Pretraining** (:func:`pretrain_emotion_encoder`): the emotion path of the run's own model
+(``DualBranchModel(...).emotion_path()``: the layer mix and the encoder, or with shared branches
+the encoder and the emotion projection) is trained by :func:`hcld_lib.training.fit.fit` on the
+fold's *whole* training part (the validation and test parts are never seen) with
+:func:`hcld_lib.method.losses.cluster_contrastive_loss`, optionally multi-task with speaker
+classification, ``L = L_cluster + w_spk CE(W X_e, speaker)`` (``speaker_ce=True``). Batches
+come from :class:`hcld_lib.method.sampler.ContrastiveBatchSampler` given the pseudo-labels in
+place of the emotions (every anchor has a positive and a same-speaker negative). The saved file
+holds the emotion path's state; fine-tuning is
+``train_run(config.replace(init_emotion_encoder=path))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hcld_lib.analysis.clustering import cluster_pseudo_labels
+from hcld_lib.data.labels import emotion_order
+from hcld_lib.features.normalizer import FeatureNormalizer
+from hcld_lib.features.resident import FeatureDataset, collate
+from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json
+from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs
+from hcld_lib.method.models import DualBranchModel
+from hcld_lib.method.sampler import ContrastiveBatchSampler
+from hcld_lib.runtime import resolve_device, set_seed
+from hcld_lib.training.config import RunConfig
+from hcld_lib.training.fit import fit
+from hcld_lib.training.run import fold_split
+
+PRETRAIN_TERMS: tuple[str, ...] = ("cluster", "speaker_ce", "with_positive")
+"""Logged per epoch as ``loss_<term>``; ``with_positive`` is the share of a batch's anchors that
+had a positive (not a loss)."""
+
+
+def fold_pseudo_labels(
+    config: RunConfig,
+    embeddings: np.ndarray,
+    ids: Sequence[str],
+    k: int | None = None,
+    seed: int | None = None,
+) -> np.ndarray:
+    """(speaker, intra-speaker cluster) pseudo-labels of the fold's training part.
+
+    Args:
+        config: gives the feature cache (its table) and the fold.
+        embeddings: ``[M, D]`` speaker embeddings, rows named by ``ids`` (may cover more
+            utterances than the fold's training part).
+        ids: ``[M]`` utterance ids of ``embeddings``.
+        k: clusters per speaker; ``None`` = the number of emotion classes of the corpus (a count
+            of classes; no utterance's emotion is read).
+        seed: k-means seed (``None`` = ``config.seed``).
+    Returns:
+        ``[N]`` int64 over the cache's table rows: labels ``>= 0`` on the fold's training part,
+        ``-1`` elsewhere.
+    """
+    _, table, fold, _ = fold_split(config)
+    embeddings = np.asarray(embeddings)
+    if len(embeddings) != len(ids):
+        raise HcldError(f"{len(embeddings)} embeddings but {len(ids)} ids; pass one id per row")
+    where = {str(u): i for i, u in enumerate(ids)}
+    train_ids = table["utterance_id"].astype(str).to_numpy()[fold.train]
+    missing = [u for u in train_ids if u not in where]
+    if missing:
+        raise HcldError(
+            f"{len(missing)} training utterances (e.g. {missing[:3]}) have no speaker embedding; "
+            "embed the same table the feature cache was made from"
+        )
+    k = len(emotion_order(table["emotion"])) if k is None else int(k)
+    x = embeddings[[where[u] for u in train_ids]]
+    speaker = table["speaker"].astype(str).to_numpy()[fold.train]
+    labels = np.full(len(table), -1, dtype=np.int64)
+    labels[fold.train] = cluster_pseudo_labels(
+        x, speaker, k, seed=config.seed if seed is None else int(seed)
+    )
+    return labels
+
+
+def history_file(out_path: Path) -> Path:
+    """The JSON record (settings and per-epoch history) beside a pretrained file."""
+    return out_path.with_name(out_path.name + ".json")
+
+
+def pretrain_emotion_encoder(
+    config: RunConfig,
+    pseudo_labels: np.ndarray,
+    out_path: str | os.PathLike,
+    epochs: int | None = None,
+    speaker_ce: bool = False,
+    *,
+    w_speaker: float = 1.0,
+    temperature: float | None = None,
+    other_speakers_negative: bool = False,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Pretrain the emotion path of ``config``'s model with cluster pseudo-labels.
+
+    Emotion labels are hidden: the sampler and the loss see the pseudo-labels in their place
+    and the table's ``emotion`` column is not read (only the number of classes, for the size of
+    the emotion head, which is not trained here).
+
+    Args:
+        config: architecture, branches, sizes, features, fold, frame pooling, seed, lr, warm-up,
+            batch size and checkpointing of the run the encoder is for.
+        pseudo_labels: ``[N]`` over the cache's table rows (:func:`fold_pseudo_labels`); rows of
+            the fold's training part with a label ``>= 0`` are used.
+        out_path: the file the emotion path's state goes to (atomically, last);
+            ``<out_path>.json`` gets the history and settings first, ``<out_path>.ckpt`` is the
+            resumable checkpoint while it trains. An existing ``out_path`` is not trained again.
+        epochs: pretraining epochs (``None`` = ``config.epochs``).
+        speaker_ce: add speaker classification (a linear head on X_e) with weight ``w_speaker``.
+        temperature: ``tau`` (``None`` = ``config.temperature``).
+        other_speakers_negative: other speakers' utterances are negatives too.
+        verbose: print one line per epoch.
+    Returns:
+        ``dict(path=Path, history=DataFrame (epoch, lr, loss, loss_cluster, loss_speaker_ce,
+        loss_with_positive, seconds), skipped=bool, meta=dict)``.
+    """
+    out_path = Path(out_path)
+    side = history_file(out_path)
+    if out_path.is_file() and side.is_file():
+        record = json.loads(side.read_text())
+        return {"path": out_path, "history": pd.DataFrame(record["history"]), "skipped": True,
+                "meta": record["meta"]}
+    epochs = config.epochs if epochs is None else int(epochs)
+    tau = config.temperature if temperature is None else float(temperature)
+    if epochs < 1:
+        raise HcldError(f"epochs={epochs}: pretraining needs at least one epoch")
+
+    cache, table, fold, cache_row = fold_split(config)
+    pseudo_labels = np.asarray(pseudo_labels)
+    if pseudo_labels.shape != (len(table),):
+        raise HcldError(
+            f"pseudo_labels has shape {pseudo_labels.shape}, expected ({len(table)},) = one label "
+            f"per row of the cache's table ({config.features}); build it with fold_pseudo_labels"
+        )
+    rows = fold.train[pseudo_labels[fold.train] >= 0]
+    if len(rows) < 2:
+        raise HcldError(f"only {len(rows)} training utterances of fold {config.fold} carry a "
+                        "pseudo-label; build them with fold_pseudo_labels for this fold")
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    pseudo = pseudo_labels[rows].astype(np.int64)
+    speaker_names, spk = np.unique(table["speaker"].astype(str).to_numpy()[rows],
+                                   return_inverse=True)
+    spk = spk.astype(np.int64)
+    normalizer = FeatureNormalizer().fit(cache, cache_row[rows])
+    # the dataset's "emotion" slot carries the pseudo-labels: emotion labels stay hidden
+    dataset = FeatureDataset(cache, cache_row[rows], normalizer, pseudo, spk,
+                             config.frame_stride, config.max_frames)
+    _, inverse, counts = np.unique(pseudo, return_inverse=True, return_counts=True)
+    alone = int(np.sum(counts[inverse] < 2))
+    if alone:
+        warnings.warn(
+            f"pretraining fold {config.fold}: {alone} of {len(rows)} utterances are alone in their "
+            "intra-speaker cluster; they have no positive and serve as negatives only",
+            stacklevel=2,
+        )
+    with warnings.catch_warnings():
+        # the sampler's own warning speaks of emotions; the pseudo-labels stand in for them here
+        warnings.simplefilter("ignore", UserWarning)
+        sampler = ContrastiveBatchSampler(pseudo, spk, config.batch_size, seed=config.seed,
+                                          need=("emotion", "speaker_emotion"))
+    model = DualBranchModel(
+        input_dim=int(cache.feature_dim), n_emotions=max(2, len(emotion_order(table["emotion"]))),
+        n_speakers=len(speaker_names), emotion_arch=config.emotion_arch,
+        embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, n_layers=config.n_layers,
+        dropout=config.dropout, n_heads=config.n_heads, n_layers_in=int(cache.n_layers),
+        speaker_branch=False, branches=config.branches,
+    )
+    parts = {"path": model.emotion_path()}
+    if speaker_ce:
+        parts["speaker_head"] = nn.Linear(config.embed_dim, len(speaker_names))
+    module = nn.ModuleDict(parts).to(device)
+
+    def batches(epoch: int) -> DataLoader:
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=0, collate_fn=collate)
+
+    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        return model(batch["x"].to(device), batch["lengths"].to(device))
+
+    def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
+        b_spk, b_cl = batch["speaker"].to(device), batch["emotion"].to(device)
+        l_cluster = cluster_contrastive_loss(out["x_e"], b_spk, b_cl, tau,
+                                             other_speakers_negative)
+        pos, _ = cluster_pairs(b_spk, b_cl, other_speakers_negative)
+        terms: dict[str, Any] = {"cluster": l_cluster,
+                                 "with_positive": float(pos.any(dim=1).float().mean())}
+        total = l_cluster
+        if speaker_ce:
+            terms["speaker_ce"] = F.cross_entropy(module["speaker_head"](out["x_e"]), b_spk)
+            total = total + w_speaker * terms["speaker_ce"]
+        return total, terms
+
+    def report(row: dict[str, Any]) -> None:
+        if verbose:
+            print(f"[pretrain fold {config.fold}] ep {row['epoch']}/{epochs} "
+                  f"cluster {row['loss_cluster']:.4f} total {row['loss']:.4f}", flush=True)
+
+    meta = {
+        "arch": config.emotion_arch, "branches": config.branches,
+        "input_dim": int(cache.feature_dim), "n_layers_in": int(cache.n_layers),
+        "embed_dim": config.embed_dim, "hidden_dim": config.hidden_dim,
+        "n_layers": config.n_layers, "n_heads": config.n_heads, "features": str(config.features),
+        "fold": config.fold, "protocol": config.protocol, "seed": config.seed,
+        "epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "temperature": tau,
+        "speaker_ce": bool(speaker_ce), "w_speaker": w_speaker,
+        "other_speakers_negative": bool(other_speakers_negative),
+        "n_utterances": int(len(rows)), "n_pseudo_labels": int(len(np.unique(pseudo))),
+        "n_speakers": int(len(speaker_names)),
+    }
+    ckpt = out_path.with_name(out_path.name + ".ckpt")
+    result = fit(
+        module, batches, forward, loss, epochs=epochs, lr=config.lr,
+        warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
+        terms=PRETRAIN_TERMS, checkpoint=ckpt, checkpoint_every=config.checkpoint_every,
+        identity={**meta, "pseudo_labels": pseudo.tolist()}, on_epoch_end=report,
+        device=device, amp=config.amp,
+    )
+    module.load_state_dict(result.best_state)
+    meta["seconds"] = round(result.seconds, 3)
+    # history first, weights last: an existing out_path always has its record beside it
+    atomic_write_json(side, {"meta": meta, "history": result.history})
+    atomic_torch_save({"emotion_path": model.emotion_state(), "meta": meta}, out_path)
+    ckpt.unlink(missing_ok=True)
+    return {"path": out_path, "history": pd.DataFrame(result.history), "skipped": False,
+            "meta": meta}
+
+
+def pretraining_history(path: str | os.PathLike) -> pd.DataFrame:
+    """The per-epoch history recorded beside a pretrained file (``<path>.json``)."""
+    side = history_file(Path(path))
+    if not side.is_file():
+        raise HcldError(f"{side} does not exist: pretrain with pretrain_emotion_encoder first")
+    return pd.DataFrame(json.loads(side.read_text())["history"])

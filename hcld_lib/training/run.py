@@ -1,0 +1,506 @@
+"""One run: a variant x architecture x fold x seed, from the feature cache to its results.
+
+:func:`train_run` prepares the fold (:func:`prepare_fold`), builds the model and the label
+anchors (:func:`build_model`), trains them with :func:`hcld_lib.training.fit.fit` on batches of
+the positive-guaranteeing sampler, minimising :func:`hcld_lib.method.losses.objective`, evaluates
+every epoch, and writes the selected epoch's results.
+
+**Model selection** uses the fold's validation part (carved from its training part): the epoch with
+the highest validation emotion UA, the earlier epoch on ties. The best test emotion UA over all
+epochs is also reported, as ``best_on_test``, labelled optimistic (it peeks at the test set).
+
+Files of a run, in ``out_dir/<run_name>/``: ``metrics.json`` (written last: its presence marks a
+finished run, which is never trained again), ``history.csv``, ``embeddings.npz`` (the test part:
+X_e, X_s, labels, ids and predicted emotions), ``model.pt``, and ``checkpoint.pt`` while the run
+is in flight (a killed run resumes from it to exactly the same numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hcld_lib.analysis.metrics import classification_metrics
+from hcld_lib.data.labels import emotion_order
+from hcld_lib.data.splits import Fold, make_folds
+from hcld_lib.features.cache import FeatureCache, open_cache
+from hcld_lib.features.normalizer import FeatureNormalizer
+from hcld_lib.features.resident import FeatureDataset, collate
+from hcld_lib.io import (
+    HcldError,
+    atomic_save_npz,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+)
+from hcld_lib.method.anchors import LabelAnchors
+from hcld_lib.method.losses import objective
+from hcld_lib.method.models import DualBranchModel
+from hcld_lib.method.sampler import ContrastiveBatchSampler
+from hcld_lib.runtime import resolve_device, set_seed
+from hcld_lib.training.config import RunConfig
+from hcld_lib.training.fit import fit
+
+LOSS_TERMS: tuple[str, ...] = (
+    "ce_emotion", "ce_speaker", "icld_pos", "icld_neg", "icld", "supcon", "label", "orth",
+)
+"""Loss terms logged per epoch (unweighted means over the epoch's batches), as ``loss_<term>``."""
+
+SPLITS: tuple[str, ...] = ("val", "test", "speaker_test")
+
+
+# --- the fold ------------------------------------------------------------------------------------
+
+
+def fold_split(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.ndarray]:
+    """The cache, its utterance table, the config's fold, and each table row's cache row."""
+    cache = open_cache(config.features)
+    table = cache.table.reset_index(drop=True)
+    folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
+    if not 0 <= config.fold < len(folds):
+        raise HcldError(f"fold={config.fold} but protocol {config.protocol!r} gives "
+                        f"{len(folds)} folds (0..{len(folds) - 1})")
+    id_to_row = {uid: i for i, uid in enumerate(cache.ids)}
+    try:
+        cache_row = np.array([id_to_row[u] for u in table["utterance_id"]], dtype=np.int64)
+    except KeyError as err:
+        raise HcldError(f"utterance {err} of the cache's table has no features in "
+                        f"{config.features}; re-extract the cache") from err
+    return cache, table, folds[config.fold], cache_row
+
+
+def label_budget_subset(
+    rows: np.ndarray, emotion: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
+    """A seeded, emotion-stratified subset of ``rows`` holding ``fraction`` of each class.
+
+    Each class keeps ``max(1, round(fraction * n_class))`` rows, so no class disappears.
+    ``emotion`` is aligned with ``rows``. Returns sorted row indices (``rows`` itself when
+    ``fraction >= 1``): the labelled part of a label-budget run; the rest of ``rows`` is the
+    unlabelled part.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if fraction >= 1.0:
+        return rows
+    rng = np.random.default_rng([seed, 6])
+    emotion = np.asarray(emotion)
+    keep = []
+    for e in np.unique(emotion):
+        members = rows[emotion == e]
+        k = max(1, int(round(fraction * len(members))))
+        keep.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+@dataclass
+class FoldData:
+    """A run's view of its fold: labels as integers over the table's rows, the labelled
+    training rows, the fitted normaliser, and the datasets of every part."""
+
+    config: RunConfig
+    cache: FeatureCache
+    table: pd.DataFrame
+    fold: Fold
+    cache_row: np.ndarray
+    emotion_labels: list[str]
+    speaker_labels: list[str]
+    emotion: np.ndarray
+    """[N] emotion index of every table row."""
+    speaker: np.ndarray
+    """[N] speaker index of every table row; -1 for a speaker unseen in training."""
+    train: np.ndarray
+    """The training rows whose labels are used (all of ``fold.train`` unless a label budget)."""
+    normalizer: FeatureNormalizer
+
+    def dataset(self, rows: np.ndarray) -> FeatureDataset:
+        c = self.config
+        return FeatureDataset(self.cache, self.cache_row[rows], self.normalizer,
+                              self.emotion[rows], self.speaker[rows], c.frame_stride,
+                              c.max_frames)
+
+    def split_rows(self, name: str) -> np.ndarray:
+        return getattr(self.fold, name)
+
+
+def prepare_fold(config: RunConfig) -> FoldData:
+    """The fold of ``config`` with its label budget applied and its normaliser fitted on the
+    labelled training rows."""
+    cache, table, fold, cache_row = fold_split(config)
+    emotion_labels = emotion_order(table["emotion"])
+    emo_index = {e: i for i, e in enumerate(emotion_labels)}
+    emotion = table["emotion"].astype(str).map(emo_index).to_numpy(np.int64)
+    train = label_budget_subset(fold.train, emotion[fold.train], config.train_fraction,
+                                config.seed)
+    speakers = table["speaker"].astype(str).to_numpy()
+    speaker_labels = sorted(set(speakers[train]))
+    spk_index = {s: i for i, s in enumerate(speaker_labels)}
+    speaker = np.array([spk_index.get(s, -1) for s in speakers], dtype=np.int64)
+    normalizer = FeatureNormalizer().fit(cache, cache_row[train])
+    return FoldData(config, cache, table, fold, cache_row, emotion_labels, speaker_labels,
+                    emotion, speaker, train, normalizer)
+
+
+def sampler_needs(config: RunConfig) -> tuple[str, ...]:
+    """The positives the batches must hold for the contrastive terms of ``config``."""
+    needs = []
+    if config.w_supcon > 0:
+        needs.append("emotion" if config.supcon_space == "emotion" else "speaker")
+    if config.w_label > 0:
+        needs.append("emotion")
+    if config.w_cld > 0:
+        needs.append("speaker_emotion")
+    return tuple(dict.fromkeys(needs))
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def model_kwargs(config: RunConfig, data: FoldData, n_speakers: int | None = None
+                 ) -> dict[str, Any]:
+    """The arguments of :class:`DualBranchModel` for ``config`` on ``data``'s cache."""
+    return dict(
+        input_dim=int(data.cache.feature_dim),
+        n_emotions=len(data.emotion_labels),
+        n_speakers=len(data.speaker_labels) if n_speakers is None else n_speakers,
+        emotion_arch=config.emotion_arch,
+        speaker_arch=config.speaker_arch_resolved,
+        embed_dim=config.embed_dim,
+        hidden_dim=config.hidden_dim,
+        n_layers=config.n_layers,
+        dropout=config.dropout,
+        n_heads=config.n_heads,
+        n_layers_in=int(data.cache.n_layers),
+        speaker_branch=bool(config.speaker_branch),
+        branches=config.branches,
+    )
+
+
+def load_pretrained(model: DualBranchModel, path: str | Path) -> None:
+    """Load a cluster-pretrained emotion path (``training.pretrain``) into ``model``.
+
+    Raises :class:`HcldError` naming the file when it is missing, unreadable or does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HcldError(f"init_emotion_encoder file {path} does not exist; pretrain first or fix "
+                        "the path")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+        raise HcldError(f"cannot read init_emotion_encoder file {path}: {err}") from err
+    try:
+        model.load_emotion_state(saved["emotion_path"])
+    except (KeyError, TypeError) as err:
+        raise HcldError(f"init_emotion_encoder file {path} was not written by cluster "
+                        f"pretraining (no emotion_path state): {err}") from err
+    except RuntimeError as err:
+        raise HcldError(
+            f"init_emotion_encoder file {path} does not fit the emotion path of this run (arch, "
+            f"branches, embed_dim, hidden_dim, n_layers and the features must match): {err}"
+        ) from err
+
+
+def build_model(config: RunConfig, data: FoldData) -> tuple[DualBranchModel, LabelAnchors | None]:
+    """The two-branch model (seeded by ``config.seed`` through :func:`set_seed` beforehand) and,
+    when the label-anchored term is on, the label anchors (seeded apart, ``seed + 1``, so that
+    whether the text embeddings were computed or read from their file does not change the run)."""
+    model = DualBranchModel(**model_kwargs(config, data))
+    anchors = None
+    if config.w_label > 0:
+        with torch.random.fork_rng(devices=[]):
+            anchors = LabelAnchors(data.emotion_labels, config.embed_dim,
+                                   text_encoder=config.text_encoder,
+                                   cache_dir=Path(config.out_dir) / ".label_text")
+            torch.manual_seed(config.seed + 1)
+            for module in anchors.modules():
+                if module is not anchors and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return model, anchors
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: FeatureDataset, batch_size: int, device: torch.device
+            ) -> dict[str, np.ndarray | None]:
+    """Embeddings and predicted classes of every item of ``dataset`` (eval mode, in order)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        collate_fn=collate)
+    parts: dict[str, list[np.ndarray]] = {"x_e": [], "x_s": [], "emotion_pred": [],
+                                          "speaker_pred": []}
+    for batch in loader:
+        out = model(batch["x"].to(device), batch["lengths"].to(device))
+        parts["x_e"].append(out["x_e"].float().cpu().numpy())
+        parts["emotion_pred"].append(out["emotion_logits"].argmax(-1).cpu().numpy())
+        if out["x_s"] is not None:
+            parts["x_s"].append(out["x_s"].float().cpu().numpy())
+            parts["speaker_pred"].append(out["speaker_logits"].argmax(-1).cpu().numpy())
+    model.train(was_training)
+    return {k: (np.concatenate(v) if v else None) for k, v in parts.items()}
+
+
+def split_metrics(pred: dict[str, np.ndarray | None], emotion: np.ndarray, speaker: np.ndarray,
+                  data: FoldData, with_speaker: bool) -> dict[str, Any]:
+    """``{"emotion": metrics, "speaker": metrics or None, "n": N}`` of one part.
+
+    Speaker metrics cover the items whose speaker was seen in training (label >= 0)."""
+    result: dict[str, Any] = {"n": int(len(emotion)), "emotion": None, "speaker": None}
+    if len(emotion) == 0:
+        return result
+    emo_names = np.asarray(data.emotion_labels)
+    result["emotion"] = classification_metrics(
+        emo_names[emotion], emo_names[pred["emotion_pred"]], data.emotion_labels
+    )
+    known = speaker >= 0
+    if with_speaker and pred["speaker_pred"] is not None and known.any():
+        spk_names = np.asarray(data.speaker_labels)
+        result["speaker"] = classification_metrics(
+            spk_names[speaker[known]], spk_names[pred["speaker_pred"][known]], data.speaker_labels
+        )
+    return result
+
+
+def _flat(split: str, metrics: dict[str, Any]) -> dict[str, float]:
+    row = {}
+    for task in ("emotion", "speaker"):
+        for name in ("wa", "ua"):
+            block = metrics.get(task)
+            row[f"{split}_{task}_{name}"] = float(block[name]) if block else float("nan")
+    return row
+
+
+def _progress_line(config: RunConfig, row: dict[str, Any]) -> str:
+    """One compact line per epoch: loss, emotion UA on val and test, speaker UA."""
+
+    def pct(key: str) -> str:
+        v = row.get(key, float("nan"))
+        return "  -  " if math.isnan(v) else f"{100 * v:5.1f}"
+
+    spk_split = "test" if config.protocol == "paper" else "speaker_test"
+    return (f"[{config.resolved_run_name}] ep {row['epoch']:3d}/{config.epochs} "
+            f"loss {row['loss']:.3f}  val UA {pct('val_emotion_ua')}  "
+            f"test UA {pct('test_emotion_ua')}  spk UA {pct(spk_split + '_speaker_ua')}")
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def train_run(
+    config: RunConfig,
+    verbose: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run and write its results to ``config.out_dir/<config.resolved_run_name>/``.
+
+    Args:
+        config: the run (see :class:`hcld_lib.training.config.RunConfig`).
+        verbose: print one compact line per epoch.
+        on_epoch_end: called as ``on_epoch_end(epoch, history_row)`` after each epoch (epochs
+            count from 1).
+    Returns:
+        The content of ``metrics.json``: ``config``, ``identity``, ``run_name``, ``fold``,
+        ``protocol``, ``selected_epoch``, ``val`` / ``test`` / ``speaker_test`` (each
+        ``{"emotion": metrics, "speaker": metrics or None, "n": N}``, metrics from
+        :func:`hcld_lib.analysis.metrics.classification_metrics`), ``best_on_test``
+        (optimistic), ``n_train`` / ``n_val`` / ``n_test`` / ``n_speaker_test``,
+        ``emotion_labels``, ``speaker_labels``, ``seconds``. A finished run is returned at once.
+    Raises:
+        HcldError: the run folder holds a run with other settings, or bad settings.
+    """
+    run_dir = Path(config.out_dir) / config.resolved_run_name
+    metrics_path = run_dir / "metrics.json"
+    ckpt_path = run_dir / "checkpoint.pt"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("identity") not in (None, json.loads(json.dumps(config.identity()))):
+            raise HcldError(f"{run_dir} holds a finished run with other settings than this one; "
+                            "delete the folder (or `make clean-runs`) to train this run")
+        ckpt_path.unlink(missing_ok=True)
+        return metrics
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    data = prepare_fold(config)
+    model, anchors = build_model(config, data)
+    module = nn.ModuleDict({"model": model} | ({"anchors": anchors} if anchors else {}))
+    module.to(device)
+    if config.init_emotion_encoder and not ckpt_path.is_file():
+        load_pretrained(model, config.init_emotion_encoder)
+
+    train_set = data.dataset(data.train)
+    sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
+                                      config.batch_size, seed=config.seed,
+                                      need=sampler_needs(config))
+    parts = {name: data.dataset(data.split_rows(name)) for name in SPLITS}
+    same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
+    eval_bs = max(2 * config.batch_size, 32)
+    losses = config.loss_settings()
+
+    def batches(epoch: int) -> DataLoader:
+        sampler.set_epoch(epoch)
+        return DataLoader(train_set, batch_sampler=sampler, num_workers=0, collate_fn=collate)
+
+    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        return model(batch["x"].to(device), batch["lengths"].to(device))
+
+    def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
+        emotion = batch["emotion"].to(device)
+        label_emb = anchors(emotion) if anchors is not None else None
+        return objective(out, emotion, batch["speaker"].to(device), label_emb, **losses)
+
+    def evaluate(epoch: int) -> tuple[dict[str, float], float | None, dict[str, Any]]:
+        metrics: dict[str, Any] = {}
+        for name, ds in parts.items():
+            if name == "speaker_test" and same_test:
+                metrics[name] = metrics["test"]
+                continue
+            pred = predict(model, ds, eval_bs, device)
+            with_speaker = not (name == "test" and config.protocol == "loso")
+            metrics[name] = split_metrics(pred, ds.emotion, ds.speaker, data, with_speaker)
+        columns = {k: v for name, m in metrics.items() for k, v in _flat(name, m).items()}
+        val = metrics["val"]["emotion"]
+        return columns, (val["ua"] if val else None), metrics
+
+    history: list[dict[str, Any]] = []
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        history.append(row)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+        if verbose:
+            print(_progress_line(config, row), flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(int(row["epoch"]), row)
+
+    if ckpt_path.is_file():  # the rows of the epochs before the checkpoint
+        history.extend(torch.load(ckpt_path, map_location="cpu", weights_only=False)["history"])
+    result = fit(
+        module, batches, forward, loss, epochs=config.epochs, lr=config.lr,
+        warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay, terms=LOSS_TERMS,
+        evaluate=evaluate, checkpoint=ckpt_path, checkpoint_every=config.checkpoint_every,
+        identity=config.identity(), on_epoch_end=epoch_done, device=device, amp=config.amp,
+    )
+    module.load_state_dict(result.best_state)
+    return _export(config, data, module, result, parts, same_test, eval_bs, device, run_dir)
+
+
+def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: Any,
+            parts: dict[str, FeatureDataset], same_test: bool, eval_bs: int,
+            device: torch.device, run_dir: Path) -> dict[str, Any]:
+    """Write the selected epoch's embeddings, model and metrics (metrics.json last)."""
+    model = module["model"]
+    arrays: dict[str, np.ndarray] = {}
+    table = data.table
+    for prefix, name in [("", "test")] + ([] if same_test else [("spk_", "speaker_test")]):
+        rows = data.split_rows(name)
+        if len(rows) == 0:
+            continue
+        pred = predict(model, parts[name], eval_bs, device)
+        arrays[prefix + "x_e"] = pred["x_e"].astype(np.float32)
+        if pred["x_s"] is not None:
+            arrays[prefix + "x_s"] = pred["x_s"].astype(np.float32)
+        for column in ("emotion", "speaker", "utterance_id"):
+            arrays[prefix + column] = table[column].astype(str).to_numpy()[rows].astype(str)
+        arrays[prefix + "emotion_pred"] = np.asarray(data.emotion_labels)[pred["emotion_pred"]]
+        arrays[prefix + "split"] = np.full(len(rows), name)
+    atomic_save_npz(run_dir / "embeddings.npz", **arrays)
+    state = result.best_state
+    atomic_torch_save(
+        {"model": {k[6:]: v for k, v in state.items() if k.startswith("model.")},
+         "anchors": {k[8:]: v for k, v in state.items() if k.startswith("anchors.")} or None,
+         "model_kwargs": model_kwargs(config, data), "normalizer": data.normalizer.state_dict(),
+         "emotion_labels": data.emotion_labels, "speaker_labels": data.speaker_labels,
+         "frame_stride": config.frame_stride, "max_frames": config.max_frames,
+         "features": str(config.features), "selected_epoch": result.best_epoch,
+         "config": config.to_dict()},
+        run_dir / "model.pt",
+    )
+    fold = data.fold
+    best = result.best_payload
+    test_ua = [h["test_emotion_ua"] for h in result.history]
+    best_test = int(np.nanargmax(test_ua)) if not all(map(math.isnan, test_ua)) else None
+    metrics = {
+        "config": config.to_dict(),
+        "identity": config.identity(),
+        "run_name": config.resolved_run_name,
+        "fold": int(fold.index),
+        "protocol": config.protocol,
+        "selected_epoch": result.best_epoch,
+        "selection": "highest validation emotion UA (earlier epoch on ties)"
+        if len(fold.val) else "last epoch (the fold has no validation part)",
+        "val": best["val"],
+        "test": best["test"],
+        "speaker_test": best["speaker_test"],
+        "best_on_test": {
+            "emotion_ua": None if best_test is None else float(test_ua[best_test]),
+            "epoch": None if best_test is None else best_test + 1,
+            "note": "optimistic: the epoch is chosen on the test set itself; report the "
+                    "selected epoch's test metrics instead",
+        },
+        "n_train": int(len(data.train)),
+        "n_train_fold": int(len(fold.train)),
+        "n_val": int(len(fold.val)),
+        "n_test": int(len(fold.test)),
+        "n_speaker_test": int(len(fold.speaker_test)),
+        "emotion_labels": data.emotion_labels,
+        "speaker_labels": data.speaker_labels,
+        "device": str(device),
+        "epochs_trained": len(result.history),
+        "seconds": round(result.seconds, 3),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+# --- a saved model -------------------------------------------------------------------------------
+
+
+def load_model(run: str | Path, device: str = "cpu") -> tuple[DualBranchModel, dict[str, Any]]:
+    """The selected model of a finished run (its folder or ``model.pt``) and its saved info
+    (``normalizer`` state, ``emotion_labels``, ``speaker_labels``, ``frame_stride``, ...)."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise HcldError(f"{path} does not exist: train the run first (train_run)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = DualBranchModel(**saved["model_kwargs"])
+    model.load_state_dict(saved["model"])
+    model.to(resolve_device(device)).eval()
+    return model, saved
+
+
+def embed(run: str | Path, cache: FeatureCache | str | Path,
+          rows: list[int] | list[str] | np.ndarray, batch_size: int = 64, device: str = "cpu"
+          ) -> dict[str, np.ndarray | None]:
+    """X_e and X_s of any cache rows (positions or utterance ids) with a finished run's model,
+    normaliser and pooling: ``dict(x_e [N, E], x_s [N, E] or None)`` in the order of ``rows``."""
+    model, saved = load_model(run, device)
+    if not isinstance(cache, FeatureCache):
+        cache = open_cache(cache)
+    if int(cache.feature_dim) != int(saved["model_kwargs"]["input_dim"]):
+        raise HcldError(f"the cache {cache.path} has {cache.feature_dim}-d features, the model in "
+                        f"{run} expects {saved['model_kwargs']['input_dim']}")
+    rows = list(rows)
+    if rows and isinstance(rows[0], str):
+        rows = [cache.row(r) for r in rows]
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    normalizer = FeatureNormalizer.from_state_dict(saved["normalizer"])
+    zeros = np.zeros(len(rows_arr), dtype=np.int64)
+    ds = FeatureDataset(cache, rows_arr, normalizer, zeros, zeros, saved["frame_stride"],
+                        saved["max_frames"])
+    pred = predict(model, ds, batch_size, next(model.parameters()).device)
+    return {"x_e": pred["x_e"], "x_s": pred["x_s"]}
