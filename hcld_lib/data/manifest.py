@@ -1,0 +1,199 @@
+"""Any corpus by manifest: a CSV with at least ``path, speaker, emotion``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, listing
+from hcld_lib.io import HcldError
+
+_GENDERS = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M",
+            "": ""}
+
+
+def _rows(df: pd.DataFrame, mask: pd.Series, cols: list[str]) -> str:
+    """List the offending rows as 'line N: col=value, ...' (CSV line numbers, header = line 1)."""
+    bad = df.loc[mask.to_numpy()]
+    items = [
+        f"line {int(i) + 2}: " + ", ".join(f"{c}={bad.at[i, c]!r}" for c in cols)
+        for i in bad.index
+    ]
+    return listing(items, len(items))
+
+
+def _read_table(csv_path: Path) -> pd.DataFrame:
+    """The manifest as stripped strings; checks that it exists, parses, and has the required
+    columns, none of them (nor ``session``, if present) with empty values.
+    """
+    if not csv_path.is_file():
+        raise HcldError(f"manifest {csv_path} does not exist: pass the path of your CSV manifest")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise HcldError(f"cannot read manifest {csv_path} as CSV: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("path", "speaker", "emotion") if c not in df.columns]
+    if missing:
+        raise HcldError(
+            f"manifest {csv_path} lacks the column(s) {', '.join(missing)}; it has "
+            f"{', '.join(df.columns) or 'none'}. A manifest needs at least path, speaker, emotion"
+        )
+    for c in df.columns:
+        df[c] = df[c].astype(str).str.strip()
+
+    for col in ("path", "speaker", "emotion") + (("session",) if "session" in df else ()):
+        empty = df[col] == ""
+        if empty.any():
+            raise HcldError(
+                f"manifest {csv_path}: {int(empty.sum())} rows have an empty {col!r}:\n"
+                + _rows(df, empty, ["path", "speaker", "emotion"])
+                + f"\nfill in {col} or remove these rows"
+            )
+    return df
+
+
+def _map_emotions(df: pd.DataFrame, csv_path: Path,
+                  label_map: Mapping[str, str | None] | None) -> pd.DataFrame:
+    """Apply ``label_map`` (dropping rows mapped to ``None``), then check that every emotion is
+    one of :data:`EMOTIONS` and that rows are left.
+    """
+    if label_map is not None:
+        mapped = df["emotion"].map(lambda e: label_map.get(e, e))
+        keep = mapped.notna().to_numpy()
+        df = df.assign(emotion=mapped)[keep]
+    unknown = ~df["emotion"].isin(EMOTIONS)
+    if unknown.any():
+        names = sorted(set(df.loc[unknown, "emotion"]))
+        raise HcldError(
+            f"manifest {csv_path}: {int(unknown.sum())} rows have emotions outside "
+            f"{', '.join(EMOTIONS)} ({', '.join(names)}):\n"
+            + _rows(df, unknown, ["emotion", "path"])
+            + "\nrename them with label_map (e.g. {'happy': 'hap', 'excited': 'hap'}) or map "
+            "them to None to drop them"
+        )
+    if df.empty:
+        raise HcldError(f"manifest {csv_path} has no rows left (after label_map)")
+    return df
+
+
+def _resolve_paths(df: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    """Make ``path`` absolute (relative to the CSV's folder) and check that every file exists
+    and that no two rows point to the same file (after resolving links).
+    """
+    base = csv_path.parent
+    paths = [os.path.normpath(os.path.join(base, os.path.expanduser(p))) for p in df["path"]]
+    df = df.assign(path=paths)
+    absent = ~df["path"].map(os.path.isfile)
+    if absent.any():
+        raise HcldError(
+            f"manifest {csv_path}: {int(absent.sum())} audio files do not exist (paths are "
+            f"relative to {base}):\n" + _rows(df, absent, ["path"])
+            + "\nfix the paths or remove these rows"
+        )
+    real = df["path"].map(os.path.realpath)
+    dup = real.duplicated(keep=False)
+    if dup.any():
+        raise HcldError(
+            f"manifest {csv_path}: {int(dup.sum())} rows point to the same audio file as another "
+            "row:\n" + _rows(df, dup, ["path", "emotion"])
+            + "\nkeep one row per file"
+        )
+    return df
+
+
+def _utterance_ids(df: pd.DataFrame, csv_path: Path) -> pd.DataFrame:
+    """Fill ``utterance_id`` (blank or absent: the file stem) and check that ids are unique."""
+    if "utterance_id" in df.columns:
+        blank = df["utterance_id"] == ""
+        ids = df["utterance_id"].where(~blank, df["path"].map(lambda p: Path(p).stem))
+        origin = "utterance_id"
+    else:
+        ids = df["path"].map(lambda p: Path(p).stem)
+        origin = "file stem"
+    df = df.assign(utterance_id=ids)
+    dup_id = df["utterance_id"].duplicated(keep=False)
+    if dup_id.any():
+        hint = ("" if origin == "utterance_id" else
+                "; the id defaults to the file name without extension, add a unique "
+                "utterance_id column to the manifest")
+        raise HcldError(
+            f"manifest {csv_path}: {int(dup_id.sum())} rows share an utterance id ({origin}):\n"
+            + _rows(df, dup_id, ["utterance_id", "path"]) + f"\nids must be unique{hint}"
+        )
+    return df
+
+
+def _gender_and_duration(df: pd.DataFrame, csv_path: Path) -> None:
+    """In place: ``gender`` normalised to F/M/"" (default ""), ``duration`` (if any) to float."""
+    if "gender" in df.columns:
+        g = df["gender"].str.lower().map(_GENDERS)
+        bad_g = g.isna()
+        if bad_g.any():
+            raise HcldError(
+                f"manifest {csv_path}: {int(bad_g.sum())} rows have a gender other than F/M/empty:"
+                "\n" + _rows(df, bad_g, ["gender", "speaker"])
+                + "\nuse F, M (or female/male), or leave it empty"
+            )
+        df["gender"] = g
+    else:
+        df["gender"] = ""
+    if "duration" in df.columns:
+        dur = pd.to_numeric(df["duration"].replace("", None), errors="coerce")
+        bad_d = dur.isna() & (df["duration"] != "")
+        if bad_d.any():
+            raise HcldError(
+                f"manifest {csv_path}: duration is not a number in {int(bad_d.sum())} rows:\n"
+                + _rows(df, bad_d, ["duration", "path"])
+            )
+        df["duration"] = dur.astype(float)
+
+
+def _default_session(df: pd.DataFrame, csv_path: Path) -> None:
+    """In place: without a ``session`` column, session = speaker (with a warning)."""
+    if "session" not in df.columns:
+        warnings.warn(
+            f"manifest {csv_path} has no 'session' column: session = speaker, so protocol "
+            "'loso' becomes leave-one-speaker-out",
+            UserWarning,
+            stacklevel=3,  # the caller of load_manifest
+        )
+        df["session"] = df["speaker"]
+
+
+def load_manifest(
+    csv_path: str | os.PathLike, label_map: Mapping[str, str | None] | None = None
+) -> pd.DataFrame:
+    """Read a corpus from a manifest CSV.
+
+    Required columns: ``path`` (relative to the CSV's folder, or absolute), ``speaker``,
+    ``emotion``. Optional: ``session`` (default: the speaker, with a warning, so that ``loso``
+    becomes leave-one-speaker-out), ``gender`` (F/M, female/male, or empty; default ``""``),
+    ``utterance_id`` (default: the file stem, which must then be unique), ``duration`` (seconds).
+    Other columns (e.g. ``split``) are kept after the standard ones. Row order is the file's.
+
+    Args:
+        csv_path: the manifest.
+        label_map: renames emotion labels before they are checked, e.g.
+            ``{"happy": "hap", "excited": "hap", "neutral": "neu"}``; a label mapped to ``None``
+            drops its rows. Labels not in the map are kept as they are.
+
+    Raises:
+        HcldError: missing file or columns, empty values, unknown emotion names (after
+            ``label_map``), missing audio files, duplicate audio files or utterance ids, unknown
+            gender values. The message lists the offending rows (CSV line numbers and values).
+    """
+    csv_path = Path(csv_path).expanduser().absolute()
+    df = _read_table(csv_path)
+    df = _map_emotions(df, csv_path, label_map)
+    df = _resolve_paths(df, csv_path)
+    df = _utterance_ids(df, csv_path)
+    _gender_and_duration(df, csv_path)
+    _default_session(df, csv_path)
+    front = [*TABLE_COLUMNS] + (["duration"] if "duration" in df.columns else [])
+    df = df[front + [c for c in df.columns if c not in front]]
+    return df.reset_index(drop=True)
