@@ -259,6 +259,23 @@ def intra_speaker_clustering(
     rng = np.random.default_rng(seed)
     shuffled = [_shuffle_within(emotion, speaker, rng) for _ in range(n_shuffles)]
 
+    per_speaker = _per_speaker_scores(speaker, emotion, clusters, global_clusters, shuffled)
+    return ClusteringResult(
+        per_speaker=per_speaker,
+        summary=_summary_by_condition(per_speaker, emotion, global_clusters, k),
+        clusters=clusters,
+        global_clusters=global_clusters,
+        k=k,
+        meta={"n": len(x), "n_emotions": n_emotions, "seed": seed, "n_shuffles": n_shuffles,
+              "normalize": normalize},
+    )
+
+
+def _per_speaker_scores(speaker: np.ndarray, emotion: np.ndarray, clusters: np.ndarray,
+                        global_clusters: np.ndarray, shuffled: list[np.ndarray]) -> pd.DataFrame:
+    """:attr:`ClusteringResult.per_speaker`: each speaker's intra-speaker clusters scored against
+    its emotions, against each shuffled labelling (mean), and its global clusters' score.
+    """
     rows = []
     for s in np.unique(speaker):
         idx = np.flatnonzero(speaker == s)
@@ -276,8 +293,14 @@ def intra_speaker_clustering(
         for m in METRICS:
             row[f"{m}_global"] = glob[m]
         rows.append(row)
-    per_speaker = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
+
+def _summary_by_condition(per_speaker: pd.DataFrame, emotion: np.ndarray,
+                          global_clusters: np.ndarray, k: int) -> pd.DataFrame:
+    """:attr:`ClusteringResult.summary`: mean and std over speakers per condition, plus the
+    global clusters scored on all utterances pooled (std NaN).
+    """
     summary_rows = []
     for condition, suffix in (
         ("intra_speaker", ""),
@@ -298,15 +321,7 @@ def intra_speaker_clustering(
     summary = pd.DataFrame(summary_rows)
     summary.insert(1, "n_speakers", len(per_speaker))
     summary.insert(2, "k", k)
-    return ClusteringResult(
-        per_speaker=per_speaker,
-        summary=summary,
-        clusters=clusters,
-        global_clusters=global_clusters,
-        k=k,
-        meta={"n": len(x), "n_emotions": n_emotions, "seed": seed, "n_shuffles": n_shuffles,
-              "normalize": normalize},
-    )
+    return summary
 
 
 def contingency_tables(
