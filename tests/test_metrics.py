@@ -55,3 +55,21 @@ def test_bad_input_is_a_clear_error():
         classification_metrics([], [], labels=[0, 1])
     with pytest.raises(HcldError, match="not in labels"):
         classification_metrics([0, 5], [0, 0], labels=[0, 1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_value_matches_sklearn(seed):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+    rng = np.random.default_rng(seed)
+    labels = ["neu", "hap", "ang", "sad", "fru"]
+    y_true = rng.choice(labels[:4], size=int(rng.integers(5, 300)), p=[0.5, 0.3, 0.15, 0.05])
+    y_pred = np.where(rng.random(len(y_true)) < 0.6, y_true, rng.choice(labels, len(y_true)))
+    m = classification_metrics(y_true, y_pred, labels=labels)
+    present = [lab for lab in labels if np.any(y_true == lab)]
+    assert m["wa"] == pytest.approx(accuracy_score(y_true, y_pred), abs=1e-12)
+    assert m["ua"] == pytest.approx(
+        recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0), abs=1e-12)
+    assert m["f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0), abs=1e-12)
+    assert m["confusion"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hcld_lib.io import HcldError
-from hcld_lib.method.sampler import NEEDS, ContrastiveBatchSampler, make_batch_sampler
+from hcld_lib.method.sampler import NEEDS, ContrastiveBatchSampler
 
 
 def _feasible(emotion, speaker, need):
@@ -54,7 +54,7 @@ def test_every_sample_has_a_positive_and_appears(need):
         batch_size = int(rng.choice([8, 16, 32]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sampler = make_batch_sampler(emotion, speaker, batch_size, seed=trial, need=need)
+            sampler = ContrastiveBatchSampler(emotion, speaker, batch_size, seed=trial, need=need)
         feasible = {n: _feasible(emotion, speaker, n) for n in need}
         for epoch in range(2):
             sampler.set_epoch(epoch)
@@ -73,7 +73,9 @@ def test_epoch_is_not_much_longer_than_the_data():
     rng = np.random.default_rng(0)
     emotion = rng.choice(4, 2000, p=[0.4, 0.3, 0.2, 0.1])
     speaker = rng.integers(0, 10, 2000)
-    sampler = make_batch_sampler(emotion, speaker, 32, seed=0, need=("emotion", "speaker_emotion"))
+    sampler = ContrastiveBatchSampler(
+        emotion, speaker, 32, seed=0, need=("emotion", "speaker_emotion")
+    )
     total = sum(len(b) for b in sampler.batches(0))
     assert 2000 <= total <= 2000 * 1.25
     assert np.mean([len(b) for b in sampler.batches(0)]) > 28
@@ -82,17 +84,70 @@ def test_epoch_is_not_much_longer_than_the_data():
 def test_seeded_determinism_and_epochs_differ():
     rng = np.random.default_rng(1)
     emotion, speaker = rng.integers(0, 4, 300), rng.integers(0, 6, 300)
-    a = make_batch_sampler(emotion, speaker, 16, seed=3)
-    b = make_batch_sampler(emotion, speaker, 16, seed=3)
-    c = make_batch_sampler(emotion, speaker, 16, seed=4)
+    a = ContrastiveBatchSampler(emotion, speaker, 16, seed=3)
+    b = ContrastiveBatchSampler(emotion, speaker, 16, seed=3)
+    c = ContrastiveBatchSampler(emotion, speaker, 16, seed=4)
     assert a.batches(0) == b.batches(0)
     assert a.batches(5) == b.batches(5)
     assert a.batches(0) != a.batches(1)
     assert a.batches(0) != c.batches(0)
     # the epoch's batches do not depend on what was asked before (resumable)
-    fresh = make_batch_sampler(emotion, speaker, 16, seed=3)
-    fresh.load_state_dict({"seed": 3, "epoch": 5})
+    fresh = ContrastiveBatchSampler(emotion, speaker, 16, seed=3)
+    fresh.set_epoch(5)
     assert list(fresh) == a.batches(5)
+
+
+def _iemocap_like(n, seed):
+    """``n`` utterances of 10 speakers of uneven size, 4 emotions in IEMOCAP's proportions.
+
+    neutral 1708, happy+excited 1636, angry 1103, sad 1084 utterances overall; the mix varies per
+    speaker (some speakers are much angrier or sadder than others).
+    """
+    rng = np.random.default_rng(seed)
+    overall = np.array([1708, 1636, 1103, 1084]) / 5531
+    speaker = rng.choice(10, n, p=rng.dirichlet(np.full(10, 20.0)))
+    mix = rng.dirichlet(30 * overall, size=10)  # per-speaker emotion proportions
+    emotion = np.empty(n, dtype=object)
+    for s in range(10):
+        rows = np.flatnonzero(speaker == s)
+        emotion[rows] = rng.choice(["neu", "hap", "ang", "sad"], len(rows), p=mix[s])
+    return emotion.astype(str), np.array([f"Ses{s // 2 + 1}{'FM'[s % 2]}" for s in speaker])
+
+
+def test_guarantee_on_a_paper_sized_iemocap_like_training_set():
+    emotion, speaker = _iemocap_like(4400, seed=0)
+    need = ("emotion", "speaker_emotion")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every positive exists in the data: no warning
+        sampler = ContrastiveBatchSampler(emotion, speaker, 32, seed=0, need=need)
+    for epoch in range(3):
+        batches = sampler.batches(epoch)
+        seen = np.concatenate([np.asarray(b) for b in batches])
+        assert set(seen.tolist()) == set(range(4400)), "a sample was dropped"
+        assert len(seen) <= 4400 * 1.05
+        assert np.mean([len(b) for b in batches]) > 28
+        for b in batches:
+            assert 2 <= len(b) <= 33
+            assert len(set(speaker[b])) >= 3 and len(set(emotion[b])) >= 3  # batches mix
+            for n in need:
+                assert _has_positive(emotion, speaker, b, n).all(), (epoch, n, b)
+
+
+def test_two_separately_built_samplers_give_identical_batches():
+    emotion, speaker = _iemocap_like(4400, seed=1)
+    need = ("emotion", "speaker", "speaker_emotion")
+    a = ContrastiveBatchSampler(emotion, speaker, 32, seed=7, need=need)
+    # the same labels in other containers; another epoch asked first
+    b = ContrastiveBatchSampler(list(emotion), list(speaker), 32, seed=7, need=list(need))
+    b.batches(3)
+    for epoch in (0, 1, 4):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert list(a) == list(b)
+        assert all(type(i) is int for batch in a for i in batch)
+    assert a.batches(0) != a.batches(1)
+    assert a.batches(0) != ContrastiveBatchSampler(emotion, speaker, 32, seed=8,
+                                                   need=need).batches(0)
 
 
 def test_impossible_positive_warns_once_and_terminates():
@@ -111,11 +166,11 @@ def test_impossible_positive_warns_once_and_terminates():
 
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(HcldError, match="unknown need"):
-        make_batch_sampler([0, 1], [0, 0], 8, need=("gender",))
+        ContrastiveBatchSampler([0, 1], [0, 0], 8, need=("gender",))
     with pytest.raises(HcldError, match="batch_size"):
-        make_batch_sampler([0, 1], [0, 0], 2, need=("emotion",))
+        ContrastiveBatchSampler([0, 1], [0, 0], 2, need=("emotion",))
     with pytest.raises(HcldError, match="equal length"):
-        make_batch_sampler([0, 1], [0], 8)
+        ContrastiveBatchSampler([0, 1], [0], 8)
 
 
 def test_tiny_batches_on_degenerate_data_terminate():
@@ -125,7 +180,7 @@ def test_tiny_batches_on_degenerate_data_terminate():
         emotion, speaker = _random_labels(rng)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sampler = make_batch_sampler(
+            sampler = ContrastiveBatchSampler(
                 emotion, speaker, 4, seed=trial, need=("emotion", "speaker", "speaker_emotion")
             )
         batches = sampler.batches(0)

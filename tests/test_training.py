@@ -11,7 +11,6 @@ import pytest
 import torch
 from helpers import all_layer_cache
 
-from hcld_lib.features.resident import pool_frames
 from hcld_lib.io import HcldError
 from hcld_lib.method.variants import VARIANTS
 from hcld_lib.training.config import RunConfig
@@ -76,20 +75,6 @@ def emo_only_run(cache_path, tmp_path_factory):
 
 
 # --- pure helpers -----------------------------------------------------------------------------
-
-
-def test_pool_frames_averages_valid_frames_only():
-    x = np.arange(1, 8, dtype=np.float32)[:, None].repeat(2, axis=1)  # frames 1..7, D = 2
-    x[5:] = 99.0  # padding: length 5
-    pooled, length = pool_frames(x, 5, 2)
-    # windows (1,2) (3,4) (5) (pad) -> 1.5, 3.5, 5, 0; ceil(5 / 2) = 3 valid
-    np.testing.assert_allclose(pooled[:, 0], [1.5, 3.5, 5.0, 0.0])
-    assert length == 3
-    same, n = pool_frames(x, 5, 1)
-    assert n == 5 and np.all(same[5:] == 0)
-    layers, n = pool_frames(np.stack([x, 2 * x]), 5, 2)  # [L, T, D] (layer="all" caches)
-    assert layers.shape == (2, 4, 2) and n == 3
-    np.testing.assert_allclose(layers[1, :, 1], [3.0, 7.0, 10.0, 0.0])
 
 
 def test_label_budget_subset_is_stratified_seeded_and_keeps_classes():
@@ -279,3 +264,48 @@ def test_all_layer_cache_trains_a_learnable_layer_sum(tmp_path, monkeypatch):
     assert weights.abs().max() > 0  # trained away from the uniform start
     out = embed(Path(config.out_dir) / config.resolved_run_name, cache, [0, 1, 2])
     assert out["x_e"].shape == (3, TINY["embed_dim"])
+
+
+def test_tensorboard_curves_hold_each_epoch_once_after_a_resume(cache_path, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(cache_path, tmp_path, "hcld", epochs=3)
+
+    def kill_after_two(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config.replace(checkpoint_every=1), on_epoch_end=kill_after_two)
+    metrics = train_run(config)
+    events = EventAccumulator(str(tmp_path / config.resolved_run_name / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss/total", "loss/icld_pos", "loss/supcon", "val/emotion_ua", "test/emotion_wa",
+            "train/lr", "train/selected_epoch"} <= set(tags)
+    # each epoch once: the second epoch was logged before the kill and again after the resume
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3]
+    assert events.Scalars("train/selected_epoch")[-1].value == metrics["selected_epoch"]
+    history = pd.read_csv(tmp_path / config.resolved_run_name / "history.csv")
+    assert [e.value for e in events.Scalars("val/emotion_ua")] == pytest.approx(
+        history["val_emotion_ua"].tolist())
+
+
+def test_a_resumed_log_discards_the_epochs_after_its_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hcld_lib.training.log import RunLog
+
+    rows = [{"epoch": e, "loss": 1.0 / e, "val_emotion_ua": 0.5} for e in (1, 2, 3)]
+    first = RunLog(tmp_path, [], every=1)
+    for row in rows:
+        first.epoch(row)
+    first.writer.close()  # killed after epoch 3; its checkpoint was at epoch 2
+    again = RunLog(tmp_path, rows[:2], every=1)
+    again.epoch({"epoch": 3, "loss": 0.25, "val_emotion_ua": 0.6})
+    again.close(selected_epoch=3)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss/total")] == [
+        (1, 1.0), (2, 0.5), (3, 0.25)]
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 3

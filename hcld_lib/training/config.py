@@ -131,6 +131,9 @@ class RunConfig:
     terms stay in float32. Ignored on the CPU."""
     checkpoint_every: int = 1
     """Write the resumable checkpoint every this many epochs (and after the last)."""
+    resident: str = "auto"
+    """The fold's features in memory on the training device (``"auto"``: when they fit, else
+    read per batch from the memory-mapped cache; ``"on"``; ``"off"``); the numbers are the same."""
     run_name: str | None = None
     """Folder name of the run; ``None`` derives it (:attr:`resolved_run_name`)."""
 
@@ -141,7 +144,8 @@ class RunConfig:
         for name, value in variant_settings(self.variant).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        checks = {**SWITCHES, "protocol": PROTOCOLS, "speaker_arch": (*ARCHS, None)}
+        checks = {**SWITCHES, "protocol": PROTOCOLS, "speaker_arch": (*ARCHS, None),
+                  "resident": ("auto", "on", "off")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise HcldError(f"RunConfig.{name}={getattr(self, name)!r} is not one of "
@@ -200,7 +204,7 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that decide the result (not where it is written, on which device, how
         often it is checkpointed, nor a setting that no active term reads)."""
-        skip = {"out_dir", "device", "extra", "run_name", "checkpoint_every"}
+        skip = {"out_dir", "device", "extra", "run_name", "checkpoint_every", "resident"}
         return {k: v for k, v in self.to_dict().items()
                 if k not in skip and (k not in _RELEVANT_IF or self._relevant(k))}
 

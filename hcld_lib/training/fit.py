@@ -12,9 +12,10 @@
         keep the module's state when evaluate's score is the best so far (the earlier on ties)
         every ``checkpoint_every`` epochs and after the last: write the checkpoint
 
-**Schedule** (the paper's, by default): Adam; the learning rate rises linearly over the first
-``warmup_epochs`` epochs, step by step, then stays constant (the paper states no decay). The
-schedule is a pure function of (epoch, step), so a resumed run needs no scheduler state.
+**Schedule** (the paper's, by default): Adam (its fused implementation); the learning rate
+rises linearly over the first ``warmup_epochs`` epochs, step by step, then stays constant (the
+paper states no decay). The schedule is a pure function of (epoch, step), so a resumed run needs
+no scheduler state.
 
 **Resumption.** The checkpoint (module, optimiser, the Python / NumPy / torch RNG states,
 history, best state, the run's identity) is written atomically. Batches depend only on
@@ -59,6 +60,19 @@ class FitResult:
     best_state: dict[str, Tensor]
     best_payload: Any
     seconds: float
+
+
+class Batches:
+    """An epoch's batches, made one at a time: ``make(indices)`` for each list of ``indices``."""
+
+    def __init__(self, indices: Sequence[Any], make: Callable[[Any], Batch]) -> None:
+        self.indices, self.make = indices, make
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):  # noqa: ANN204 - a generator of batches
+        return (self.make(i) for i in self.indices)
 
 
 def _state_copy(module: nn.Module) -> dict[str, Tensor]:
@@ -134,7 +148,9 @@ def fit(
             run.
     """
     device = torch.device(device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    # the fused kernel updates every parameter in one call (CPU and CUDA)
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     cast = _autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if cast == torch.float16 else None
     history: list[dict[str, Any]] = []

@@ -36,19 +36,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from hcld_lib.analysis.clustering import cluster_pseudo_labels
 from hcld_lib.data.labels import emotion_order
 from hcld_lib.features.normalizer import FeatureNormalizer
-from hcld_lib.features.resident import FeatureDataset, collate
+from hcld_lib.features.resident import fold_features
 from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json
 from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.fit import fit
+from hcld_lib.training.fit import Batches, fit
 from hcld_lib.training.run import fold_split
 
 PRETRAIN_TERMS: tuple[str, ...] = ("cluster", "speaker_ce", "with_positive")
@@ -168,9 +167,8 @@ def pretrain_emotion_encoder(
                                    return_inverse=True)
     spk = spk.astype(np.int64)
     normalizer = FeatureNormalizer().fit(cache, cache_row[rows])
-    # the dataset's "emotion" slot carries the pseudo-labels: emotion labels stay hidden
-    dataset = FeatureDataset(cache, cache_row[rows], normalizer, pseudo, spk,
-                             config.frame_stride, config.max_frames)
+    features = fold_features(cache, cache_row[rows], normalizer, config.frame_stride,
+                             config.max_frames, device, config.resident)
     _, inverse, counts = np.unique(pseudo, return_inverse=True, return_counts=True)
     alone = int(np.sum(counts[inverse] < 2))
     if alone:
@@ -196,15 +194,23 @@ def pretrain_emotion_encoder(
         parts["speaker_head"] = nn.Linear(config.embed_dim, len(speaker_names))
     module = nn.ModuleDict(parts).to(device)
 
-    def batches(epoch: int) -> DataLoader:
-        sampler.set_epoch(epoch)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=0, collate_fn=collate)
+    # the pseudo-labels stand in for the emotions: emotion labels stay hidden
+    cluster_t = torch.as_tensor(pseudo, device=device)
+    speaker_t = torch.as_tensor(spk, device=device)
+
+    def make_batch(positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(positions, device=device, dtype=torch.long)
+        x, lengths = features.gather(idx)
+        return {"x": x, "lengths": lengths, "cluster": cluster_t[idx], "speaker": speaker_t[idx]}
+
+    def batches(epoch: int) -> Batches:
+        return Batches(sampler.batches(epoch), make_batch)
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        return model(batch["x"].to(device), batch["lengths"].to(device))
+        return model(batch["x"], batch["lengths"])
 
     def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
-        b_spk, b_cl = batch["speaker"].to(device), batch["emotion"].to(device)
+        b_spk, b_cl = batch["speaker"], batch["cluster"]
         l_cluster = cluster_contrastive_loss(out["x_e"], b_spk, b_cl, tau,
                                              other_speakers_negative)
         pos, _ = cluster_pairs(b_spk, b_cl, other_speakers_negative)

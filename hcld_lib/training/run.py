@@ -10,9 +10,10 @@ the highest validation emotion UA, the earlier epoch on ties. The best test emot
 epochs is also reported, as ``best_on_test``, labelled optimistic (it peeks at the test set).
 
 Files of a run, in ``out_dir/<run_name>/``: ``metrics.json`` (written last: its presence marks a
-finished run, which is never trained again), ``history.csv``, ``embeddings.npz`` (the test part:
-X_e, X_s, labels, ids and predicted emotions), ``model.pt``, and ``checkpoint.pt`` while the run
-is in flight (a killed run resumes from it to exactly the same numbers).
+finished run, which is never trained again), ``history.csv`` and ``tb/`` (TensorBoard event files;
+:mod:`hcld_lib.training.log`), ``embeddings.npz`` (the test part: X_e, X_s, labels, ids and
+predicted emotions), ``model.pt``, and ``checkpoint.pt`` while the run is in flight (a killed run
+resumes from it to exactly the same numbers).
 """
 
 from __future__ import annotations
@@ -28,20 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from hcld_lib.analysis.metrics import classification_metrics
 from hcld_lib.data.labels import emotion_order
 from hcld_lib.data.splits import Fold, make_folds
 from hcld_lib.features.cache import FeatureCache, open_cache
 from hcld_lib.features.normalizer import FeatureNormalizer
-from hcld_lib.features.resident import FeatureDataset, collate
+from hcld_lib.features.resident import FoldFeatures, fold_features
 from hcld_lib.io import (
     HcldError,
     atomic_save_npz,
     atomic_torch_save,
     atomic_write_json,
-    atomic_write_text,
 )
 from hcld_lib.method.anchors import LabelAnchors
 from hcld_lib.method.losses import objective
@@ -49,7 +48,8 @@ from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.fit import fit
+from hcld_lib.training.fit import Batches, fit
+from hcld_lib.training.log import RunLog
 
 LOSS_TERMS: tuple[str, ...] = (
     "ce_emotion", "ce_speaker", "icld_pos", "icld_neg", "icld", "supcon", "label", "orth",
@@ -57,6 +57,9 @@ LOSS_TERMS: tuple[str, ...] = (
 """Loss terms logged per epoch (unweighted means over the epoch's batches), as ``loss_<term>``."""
 
 SPLITS: tuple[str, ...] = ("val", "test", "speaker_test")
+
+EVAL_BATCH = 256
+"""Utterances per evaluation batch (no gradients: large batches, grouped by length)."""
 
 
 # --- the fold ------------------------------------------------------------------------------------
@@ -122,11 +125,12 @@ class FoldData:
     """The training rows whose labels are used (all of ``fold.train`` unless a label budget)."""
     normalizer: FeatureNormalizer
 
-    def dataset(self, rows: np.ndarray) -> FeatureDataset:
+    def features(self, device: torch.device | str = "cpu") -> FoldFeatures:
+        """Every table row's normalised, pooled features (position = table row), resident on
+        ``device`` when they fit (:mod:`hcld_lib.features.resident`)."""
         c = self.config
-        return FeatureDataset(self.cache, self.cache_row[rows], self.normalizer,
-                              self.emotion[rows], self.speaker[rows], c.frame_stride,
-                              c.max_frames)
+        return fold_features(self.cache, self.cache_row, self.normalizer, c.frame_stride,
+                             c.max_frames, device, c.resident)
 
     def split_rows(self, name: str) -> np.ndarray:
         return getattr(self.fold, name)
@@ -232,24 +236,27 @@ def build_model(config: RunConfig, data: FoldData) -> tuple[DualBranchModel, Lab
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: FeatureDataset, batch_size: int, device: torch.device
+def predict(model: nn.Module, features: FoldFeatures, positions: np.ndarray, batch_size: int
             ) -> dict[str, np.ndarray | None]:
-    """Embeddings and predicted classes of every item of ``dataset`` (eval mode, in order)."""
+    """Embeddings and predicted classes of ``positions`` of ``features`` (eval mode, in order).
+
+    Batches take the positions in order of length, so that little padding is computed."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                        collate_fn=collate)
-    parts: dict[str, list[np.ndarray]] = {"x_e": [], "x_s": [], "emotion_pred": [],
-                                          "speaker_pred": []}
-    for batch in loader:
-        out = model(batch["x"].to(device), batch["lengths"].to(device))
-        parts["x_e"].append(out["x_e"].float().cpu().numpy())
-        parts["emotion_pred"].append(out["emotion_logits"].argmax(-1).cpu().numpy())
+    positions = np.asarray(positions, dtype=np.int64)
+    order = np.argsort(features.lengths.cpu().numpy()[positions], kind="stable")
+    parts: dict[str, list[torch.Tensor]] = {"x_e": [], "x_s": [], "emotion_pred": [],
+                                            "speaker_pred": []}
+    for start in range(0, len(order), batch_size):
+        out = model(*features.gather(positions[order[start:start + batch_size]]))
+        parts["x_e"].append(out["x_e"].float())
+        parts["emotion_pred"].append(out["emotion_logits"].argmax(-1))
         if out["x_s"] is not None:
-            parts["x_s"].append(out["x_s"].float().cpu().numpy())
-            parts["speaker_pred"].append(out["speaker_logits"].argmax(-1).cpu().numpy())
+            parts["x_s"].append(out["x_s"].float())
+            parts["speaker_pred"].append(out["speaker_logits"].argmax(-1))
     model.train(was_training)
-    return {k: (np.concatenate(v) if v else None) for k, v in parts.items()}
+    back = np.argsort(order, kind="stable")
+    return {k: (torch.cat(v).cpu().numpy()[back] if v else None) for k, v in parts.items()}
 
 
 def split_metrics(pred: dict[str, np.ndarray | None], emotion: np.ndarray, speaker: np.ndarray,
@@ -339,66 +346,63 @@ def train_run(
     if config.init_emotion_encoder and not ckpt_path.is_file():
         load_pretrained(model, config.init_emotion_encoder)
 
-    train_set = data.dataset(data.train)
+    features = data.features(device)
+    emotion = torch.tensor(data.emotion, device=device)
+    speaker = torch.tensor(data.speaker, device=device)
     sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
                                       config.batch_size, seed=config.seed,
                                       need=sampler_needs(config))
-    parts = {name: data.dataset(data.split_rows(name)) for name in SPLITS}
     same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
-    eval_bs = max(2 * config.batch_size, 32)
     losses = config.loss_settings()
 
-    def batches(epoch: int) -> DataLoader:
-        sampler.set_epoch(epoch)
-        return DataLoader(train_set, batch_sampler=sampler, num_workers=0, collate_fn=collate)
+    def make_batch(positions: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(data.train[positions], device=device)
+        x, lengths = features.gather(rows)
+        return {"x": x, "lengths": lengths, "emotion": emotion[rows], "speaker": speaker[rows]}
+
+    def batches(epoch: int) -> Batches:
+        return Batches(sampler.batches(epoch), make_batch)
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        return model(batch["x"].to(device), batch["lengths"].to(device))
+        return model(batch["x"], batch["lengths"])
 
     def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
-        emotion = batch["emotion"].to(device)
-        label_emb = anchors(emotion) if anchors is not None else None
-        return objective(out, emotion, batch["speaker"].to(device), label_emb, **losses)
+        label_emb = anchors(batch["emotion"]) if anchors is not None else None
+        return objective(out, batch["emotion"], batch["speaker"], label_emb, **losses)
 
     def evaluate(epoch: int) -> tuple[dict[str, float], float | None, dict[str, Any]]:
         metrics: dict[str, Any] = {}
-        for name, ds in parts.items():
+        for name in SPLITS:
             if name == "speaker_test" and same_test:
                 metrics[name] = metrics["test"]
                 continue
-            pred = predict(model, ds, eval_bs, device)
+            rows = data.split_rows(name)
+            pred = predict(model, features, rows, EVAL_BATCH)
             with_speaker = not (name == "test" and config.protocol == "loso")
-            metrics[name] = split_metrics(pred, ds.emotion, ds.speaker, data, with_speaker)
+            metrics[name] = split_metrics(pred, data.emotion[rows], data.speaker[rows], data,
+                                          with_speaker)
         columns = {k: v for name, m in metrics.items() for k, v in _flat(name, m).items()}
         val = metrics["val"]["emotion"]
         return columns, (val["ua"] if val else None), metrics
 
-    history: list[dict[str, Any]] = []
-
-    def epoch_done(row: dict[str, Any]) -> None:
-        history.append(row)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-        if verbose:
-            print(_progress_line(config, row), flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(int(row["epoch"]), row)
-
-    if ckpt_path.is_file():  # the rows of the epochs before the checkpoint
-        history.extend(torch.load(ckpt_path, map_location="cpu", weights_only=False)["history"])
+    done = (torch.load(ckpt_path, map_location="cpu", weights_only=False)["history"]
+            if ckpt_path.is_file() else [])  # the rows of the epochs before the checkpoint
+    log = RunLog(run_dir, done, config.checkpoint_every,
+                 (lambda row: _progress_line(config, row)) if verbose else None, on_epoch_end)
     result = fit(
         module, batches, forward, loss, epochs=config.epochs, lr=config.lr,
         warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay, terms=LOSS_TERMS,
         evaluate=evaluate, checkpoint=ckpt_path, checkpoint_every=config.checkpoint_every,
-        identity=config.identity(), on_epoch_end=epoch_done, device=device, amp=config.amp,
+        identity=config.identity(), on_epoch_end=log.epoch, device=device, amp=config.amp,
     )
+    log.close(result.best_epoch)
     module.load_state_dict(result.best_state)
-    return _export(config, data, module, result, parts, same_test, eval_bs, device, run_dir)
+    return _export(config, data, module, result, features, same_test, device, run_dir)
 
 
 def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: Any,
-            parts: dict[str, FeatureDataset], same_test: bool, eval_bs: int,
-            device: torch.device, run_dir: Path) -> dict[str, Any]:
+            features: FoldFeatures, same_test: bool, device: torch.device, run_dir: Path
+            ) -> dict[str, Any]:
     """Write the selected epoch's embeddings, model and metrics (metrics.json last)."""
     model = module["model"]
     arrays: dict[str, np.ndarray] = {}
@@ -407,7 +411,7 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
         rows = data.split_rows(name)
         if len(rows) == 0:
             continue
-        pred = predict(model, parts[name], eval_bs, device)
+        pred = predict(model, features, rows, EVAL_BATCH)
         arrays[prefix + "x_e"] = pred["x_e"].astype(np.float32)
         if pred["x_s"] is not None:
             arrays[prefix + "x_s"] = pred["x_s"].astype(np.float32)
@@ -497,10 +501,9 @@ def embed(run: str | Path, cache: FeatureCache | str | Path,
     rows = list(rows)
     if rows and isinstance(rows[0], str):
         rows = [cache.row(r) for r in rows]
-    rows_arr = np.asarray(rows, dtype=np.int64)
     normalizer = FeatureNormalizer.from_state_dict(saved["normalizer"])
-    zeros = np.zeros(len(rows_arr), dtype=np.int64)
-    ds = FeatureDataset(cache, rows_arr, normalizer, zeros, zeros, saved["frame_stride"],
-                        saved["max_frames"])
-    pred = predict(model, ds, batch_size, next(model.parameters()).device)
+    features = FoldFeatures(cache, np.asarray(rows, dtype=np.int64), normalizer,
+                            saved["frame_stride"], saved["max_frames"],
+                            next(model.parameters()).device)
+    pred = predict(model, features, np.arange(len(rows)), batch_size)
     return {"x_e": pred["x_e"], "x_s": pred["x_s"]}
