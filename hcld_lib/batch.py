@@ -3,22 +3,36 @@
     python -m hcld_lib.batch                         # the embedded default (quick profile)
     python -m hcld_lib.batch --profile paper -p dataset iemocap -p iemocap_root /data/IEMOCAP
     python -m hcld_lib.batch --only 04 -p epochs 3   # one notebook with other parameters
+    python -m hcld_lib.batch --ray-address auto      # the grids on a running Ray cluster
 
 Executed copies go to ``runs/notebooks/`` (git-ignored); the notebooks write their figures and
 tables to ``results/<experiment>/`` (and the default experiment's figures to ``figures/``). A
 parameter that no notebook knows is an error before anything runs; a notebook that raises stops
 the batch with its name and the path of the executed copy, where the traceback is.
+
+Order: a notebook declares the chapters it reads from in its metadata (``"hcld": {"needs":
+["04"]}``); the batch runs a notebook once those have finished, up to ``--jobs`` at a time
+(default 2), so that one chapter's single-threaded work (plots, UMAP, speaker embeddings) overlaps
+another's training. With the Ray engine and no ``--ray-address``, the batch starts one local Ray
+(one worker per core) that every notebook's grid shares, and stops it at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
+import contextlib
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nbformat
+
+from hcld_lib.experiments.engine import ray_session
 from hcld_lib.experiments.params import profile as get_profile
 from hcld_lib.io import HcldError, atomic_write_text
 
@@ -35,6 +49,12 @@ def notebook_paths(notebooks_dir: Path, only: list[str] | None = None) -> list[P
     if not paths:
         raise HcldError(f"no numbered notebooks matching {only or '*'} in {notebooks_dir}")
     return paths
+
+
+def needs(path: Path) -> list[str]:
+    """The chapters (two-digit numbers) a notebook reads results from (its metadata)."""
+    meta = nbformat.read(path, as_version=4).metadata.get("hcld", {})
+    return [str(n) for n in meta.get("needs", [])]
 
 
 def parse_value(text: str) -> object:
@@ -61,6 +81,25 @@ def check_parameters(paths: list[Path], parameters: dict[str, object]) -> None:
         )
 
 
+def _execute(path: Path, output: Path, params: dict[str, object], kernel: str,
+             timeout: int) -> float:
+    """Run one notebook through papermill in its own process; return its seconds."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", str(path), str(output), "-k", kernel,
+         "--cwd", str(path.parent), "--execution-timeout", str(timeout), "--no-progress-bar",
+         "--log-level", "ERROR", "-y", json.dumps(params)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        reason = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln),
+                      lines[-1] if lines else "no message")
+        raise HcldError(f"{path.name} failed ({reason.strip()}); the executed copy with the "
+                        f"traceback is {output}")
+    return time.perf_counter() - start
+
+
 def run_batch(
     profile: str = "quick",
     parameters: dict[str, object] | None = None,
@@ -69,52 +108,54 @@ def run_batch(
     timeout: int = 3600,
     kernel: str = KERNEL,
     threads: int | None = None,
+    jobs: int = 2,
 ) -> list[tuple[str, float]]:
-    """Execute the notebooks in order; return (name, seconds) for each.
+    """Execute the notebooks (dependencies first, ``jobs`` at a time); return (name, seconds).
 
     ``threads`` sets ``OMP_NUM_THREADS`` for the kernels (default: the profile's ``threads``;
     the quick profile's encoders are so small that torch's intra-op threads cost more than they
     give, so it uses 1). An ``OMP_NUM_THREADS`` already in the environment wins.
     """
-    import papermill as pm
-
     threads = get_profile(profile).threads if threads is None else threads
-    notebooks_dir = REPO / "notebooks"
-    paths = notebook_paths(notebooks_dir, only)
+    paths = notebook_paths(REPO / "notebooks", only)
     params = {"profile": profile, **(parameters or {})}
     check_parameters(paths, params)
     out_dir = out_dir or REPO / "runs" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    waiting = {p.name[:2]: (p, set(needs(p)) & {q.name[:2] for q in paths}) for p in paths}
+    shared_ray = params.get("engine", "ray") == "ray" and not params.get("ray_address")
     timings: list[tuple[str, float]] = []
-    for nb in paths:
-        print(f"[hcld] {nb.name} ...", flush=True)
-        start = time.perf_counter()
-        output = out_dir / nb.name
-        try:
-            pm.execute_notebook(
-                str(nb),
-                str(output),
-                parameters=params,
-                kernel_name=kernel,
-                cwd=str(notebooks_dir),
-                execution_timeout=timeout,
-                progress_bar=False,
-            )
-        except pm.PapermillExecutionError as err:
-            raise SystemExit(
-                f"[hcld] {nb.name} failed ({err.ename}: {err.evalue}); "
-                f"the executed copy with the traceback is {output}"
-            ) from None
-        seconds = time.perf_counter() - start
-        timings.append((nb.name, seconds))
-        print(f"[hcld] {nb.name} done in {seconds:.0f} s", flush=True)
-    total = sum(s for _, s in timings)
-    lines = ["notebook,seconds", *(f"{n},{s:.1f}" for n, s in timings), f"total,{total:.1f}"]
+    start = time.perf_counter()
+    with ray_session(num_cpus=os.cpu_count()) if shared_ray else contextlib.nullcontext():
+        if shared_ray:
+            import ray
+
+            params["ray_address"] = ray.get_runtime_context().gcs_address
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            running: dict[concurrent.futures.Future, str] = {}
+            while waiting or running:
+                finished = {n for n, _ in timings}
+                for number, (path, deps) in sorted(waiting.items()):
+                    if deps <= finished and len(running) < max(1, jobs):
+                        print(f"[hcld] {path.name} ...", flush=True)
+                        future = pool.submit(_execute, path, out_dir / path.name, params,
+                                             kernel, timeout)
+                        running[future] = number
+                        del waiting[number]
+                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+                for future in done:
+                    number = running.pop(future)
+                    seconds = future.result()  # a failure stops the batch here
+                    timings.append((number, seconds))
+                    print(f"[hcld] {number} done in {seconds:.0f} s", flush=True)
+    wall = time.perf_counter() - start
+    named = [(next(p.name for p in paths if p.name.startswith(n)), s) for n, s in timings]
+    lines = ["notebook,seconds", *(f"{n},{s:.1f}" for n, s in sorted(named)), f"wall,{wall:.1f}"]
     atomic_write_text(out_dir / "timings.csv", "\n".join(lines) + "\n")
-    print(f"[hcld] {len(timings)} notebooks done in {total:.0f} s; executed copies in {out_dir}")
-    return timings
+    print(f"[hcld] {len(named)} notebooks done in {wall:.0f} s; executed copies in {out_dir}")
+    return sorted(named)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,10 +169,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
     parser.add_argument("--out-dir", type=Path, help="where executed copies go (runs/notebooks)")
     parser.add_argument("--threads", type=int, help="torch threads per kernel (quick: 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="notebooks run at the same time")
+    parser.add_argument("--engine", choices=("ray", "serial"),
+                        help="how the grids run (the notebooks' engine parameter; default ray)")
+    parser.add_argument("--ray-address", help="a running Ray cluster: 'auto' or ray://host:port")
     args = parser.parse_args(argv)
     params = {name: parse_value(value) for name, value in args.parameter}
+    if args.engine:
+        params["engine"] = args.engine
+    if args.ray_address:
+        params["ray_address"] = args.ray_address
     try:
-        run_batch(args.profile, params, args.only, args.out_dir, args.timeout, threads=args.threads)
+        run_batch(args.profile, params, args.only, args.out_dir, args.timeout,
+                  threads=args.threads, jobs=args.jobs)
     except HcldError as err:
         sys.exit(f"[hcld] {err}")
 

@@ -156,3 +156,114 @@ def test_empty_task_list_and_unknown_engine():
     assert run_tasks(square, [], engine="ray") == []
     with pytest.raises(ValueError, match="engine"):
         run_tasks(square, [(1, 0.0)], engine="dask")
+
+
+# -- the grid on the engines: real (tiny) training runs ------------------------------------------
+
+TINY_RUN = dict(embed_dim=16, hidden_dim=16, n_layers=1, frame_stride=4, batch_size=16, lr=3e-3,
+                warmup_epochs=1, text_encoder="learned", val_fraction=0.2, n_folds=2,
+                device="cpu", epochs=3, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> str:
+    from hcld_lib.data.synthetic import synthesize_corpus
+    from hcld_lib.features.extract import extract_features
+
+    root = tmp_path_factory.mktemp("engine_corpus")
+    table = synthesize_corpus(root / "corpus", n_utterances=60, seed=2, emotion_strength=1.0)
+    return str(extract_features(table, "fbank", root / "cache", max_seconds=3.0,
+                                progress=False).path)
+
+
+def _grid(cache: str, out: Path) -> list:
+    from hcld_lib.experiments.grid import grid_configs
+    from hcld_lib.training.config import RunConfig
+
+    base = RunConfig(features=cache, out_dir=str(out), **TINY_RUN)
+    return grid_configs(base, ["emo_only", "hcld"], ["cnn"], [0, 1], [0, 1])
+
+
+def train_and_die_once(config) -> dict:
+    """Train a run; on the first attempt, kill the worker right after epoch 1's checkpoint."""
+    from hcld_lib.training.run import train_run
+
+    marker = Path(config.out_dir, f"died-{config.resolved_run_name}")
+
+    def die(epoch: int, row: dict) -> None:
+        if epoch == 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+
+    return train_run(config, on_epoch_end=die)
+
+
+def _metric_rows(df):
+    return df.drop(columns=["run_dir"]).sort_values("run_name").reset_index(drop=True)
+
+
+def test_the_grid_on_ray_gives_the_serial_metrics(ray_cluster, tiny_cache, tmp_path):
+    import pandas as pd
+    import torch
+
+    from hcld_lib.experiments.grid import run_configs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a Ray worker: the same kernels, the same numbers
+    try:
+        serial = run_configs(_grid(tiny_cache, tmp_path / "serial"), progress=False,
+                             engine="serial")
+    finally:
+        torch.set_num_threads(threads)
+    ray_rows = run_configs(_grid(tiny_cache, tmp_path / "ray"), progress=False, engine="ray")
+    assert len(serial) == len(ray_rows) == 8
+    pd.testing.assert_frame_equal(_metric_rows(serial), _metric_rows(ray_rows))
+
+
+def test_a_worker_killed_mid_run_resumes_on_retry(ray_cluster, tiny_cache, tmp_path):
+    import pandas as pd
+
+    from hcld_lib.experiments.grid import finished_grid, run_configs
+
+    configs = _grid(tiny_cache, tmp_path / "killed")
+    run_tasks(train_and_die_once, configs, describe=lambda c: c.resolved_run_name)
+    for config in configs:  # every run died once, after its first epoch, and finished once
+        run = Path(config.out_dir, config.resolved_run_name)
+        assert Path(config.out_dir, f"died-{config.resolved_run_name}").exists()
+        assert (run / "metrics.json").is_file() and not (run / "checkpoint.pt").exists()
+        assert len(pd.read_csv(run / "history.csv")) == TINY_RUN["epochs"]
+    # resumed from the checkpoint, every run ends with the numbers of an uninterrupted one
+    whole = run_configs(_grid(tiny_cache, tmp_path / "whole"), progress=False, engine="ray")
+    pd.testing.assert_frame_equal(_metric_rows(finished_grid(configs)), _metric_rows(whole))
+
+
+def test_a_killed_driver_resumes_without_retraining_finished_runs(ray_cluster, tiny_cache,
+                                                                  tmp_path):
+    import signal
+
+    from hcld_lib.experiments.grid import is_finished, run_configs
+
+    out = tmp_path / "driver"
+    configs = _grid(tiny_cache, out)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from test_engine import _grid\n"
+        "from hcld_lib.experiments.grid import run_configs\n"
+        "run_configs(_grid(sys.argv[2], __import__('pathlib').Path(sys.argv[3])),\n"
+        "            progress=False, engine='ray', address=sys.argv[4])\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", script, TESTS_DIR, tiny_cache, str(out),
+                               ray_cluster], start_new_session=True)
+    deadline = time.time() + 300
+    while not any(is_finished(c) for c in configs):
+        assert driver.poll() is None and time.time() < deadline, "the driver finished no run"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished = {c.resolved_run_name: Path(c.out_dir, c.resolved_run_name, "metrics.json")
+                .stat().st_mtime_ns for c in configs if is_finished(c)}
+    assert 0 < len(finished) < len(configs)
+    rows = run_configs(configs, progress=False, engine="serial")
+    assert len(rows) == len(configs) and all(is_finished(c) for c in configs)
+    for name, mtime in finished.items():  # a finished run is read, never trained again
+        assert Path(out, name, "metrics.json").stat().st_mtime_ns == mtime

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hcld_lib.experiments.engine import TaskFailed, run_tasks
 from hcld_lib.experiments.tables import metrics_row
 from hcld_lib.io import HcldError
 from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS, VARIANTS
@@ -79,6 +80,8 @@ def run_grid(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
+    engine: str = "ray",
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Train every cell of the grid and return one row per run, in grid order.
 
@@ -92,35 +95,63 @@ def run_grid(
         out_dir: runs folder (default ``base.out_dir``).
         progress: print one line per finished run: runs done / total and the time left.
         overrides: RunConfig fields applied to every run last.
+        engine, address: see :func:`run_configs`.
     """
     return run_configs(grid_configs(base, variants, archs, folds, seeds, out_dir, overrides),
-                       progress=progress)
+                       progress=progress, engine=engine, address=address)
 
 
-def run_configs(configs: Sequence[RunConfig], progress: bool = True) -> pd.DataFrame:
-    """Train every run of ``configs`` that has not finished; one row per run, in order."""
-    todo = sum(not is_finished(c) for c in configs)
-    rows = []
+#: Relative cost of a run by architecture: longer runs are submitted first, so that the last
+#: minutes of a grid are not spent waiting for one slow run.
+_COST = {"lstm": 3, "transformer": 2, "cnn": 1}
+
+
+def _train(config: RunConfig) -> dict[str, Any]:
+    """One task of the engine: train (or resume) one run, return its metrics."""
+    return train_run(config)
+
+
+def run_configs(
+    configs: Sequence[RunConfig],
+    progress: bool = True,
+    engine: str = "ray",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+) -> pd.DataFrame:
+    """Train every run of ``configs`` that has not finished; one row per run (the columns of
+    ``tables.metrics_row`` and ``run_dir``), in order.
+
+    ``engine="ray"`` runs each as a Ray task (:mod:`hcld_lib.experiments.engine`: a local Ray
+    with ``num_cpus`` workers, default all cores, or the cluster at ``address``; a dead worker's
+    run is retried); ``engine="serial"`` trains them one after another in this process.
+    ``progress`` prints a line per finished run: runs done / total and the time left.
+    """
+    configs = list(configs)
+    todo = sorted((i for i, c in enumerate(configs) if not is_finished(c)),
+                  key=lambda i: -_COST.get(configs[i].emotion_arch, 1))
     start = time.perf_counter()
-    trained = 0
-    for i, config in enumerate(configs, 1):
-        done = is_finished(config)
-        try:
-            metrics = train_run(config)
-        except Exception as err:
-            err.add_note(f"hcld grid: run {config.resolved_run_name} ({i}/{len(configs)}) failed; "
-                         f"finished runs in {config.out_dir} are kept and skipped on the next call")
-            raise
-        rows.append(metrics_row(metrics, run_name=config.resolved_run_name))
-        trained += not done
-        if progress and not done:
-            rate = (time.perf_counter() - start) / trained
-            print(f"[grid {trained:>3}/{todo}] {config.resolved_run_name:<48} "
-                  f"emo UA {rows[-1]['emo_ua']:5.1f}  (~{(todo - trained) * rate:.0f} s left)",
+
+    def report(_: int, config: RunConfig, metrics: dict[str, Any], done: int, total: int
+               ) -> None:
+        if progress:
+            left = (time.perf_counter() - start) / done * (total - done)
+            print(f"[grid {done:>3}/{total}] {config.resolved_run_name:<48} emo UA "
+                  f"{100 * metrics['test']['emotion']['ua']:5.1f}  (~{left:.0f} s left)",
                   flush=True)
-    if progress and todo < len(configs):
-        print(f"[grid] {len(configs) - todo} of {len(configs)} runs were already finished")
-    return pd.DataFrame(rows)
+
+    if progress and len(todo) < len(configs):
+        print(f"[grid] {len(configs) - len(todo)} of {len(configs)} runs are already finished",
+              flush=True)
+    try:
+        run_tasks(_train, [configs[i] for i in todo], engine=engine, address=address,
+                  num_cpus=num_cpus, num_gpus=num_gpus, on_result=report,
+                  describe=lambda c: c.resolved_run_name)
+    except TaskFailed as err:
+        err.add_note(f"hcld grid: finished runs in {configs[0].out_dir} are kept and skipped on "
+                     "the next call")
+        raise
+    return finished_grid(configs)
 
 
 def finished_grid(configs: Sequence[RunConfig], what: str = "the grid (notebook 04)"

@@ -54,6 +54,10 @@ class Profile:
     """How many of the ``run["n_folds"]`` folds are run (the first ones)."""
     seeds: tuple[int, ...] = (0,)
     """The training seeds of every run (each seed also reshuffles the folds)."""
+    reading_archs: tuple[str, ...] = ARCHS
+    """The architectures of the open-points chapter (unless ``archs`` is set)."""
+    reading_seeds: tuple[int, ...] = (0,)
+    """The seeds of the open-points chapter (unless ``seeds`` is set)."""
     threads: int | None = None
     """Torch threads per process (``OMP_NUM_THREADS``); ``None`` = torch's default."""
 
@@ -64,13 +68,19 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=1000),
         run=dict(
-            protocol="paper", n_folds=5, epochs=6, batch_size=32, lr=2e-3, warmup_epochs=1,
+            protocol="paper", n_folds=5, epochs=6, batch_size=64, lr=3e-3, warmup_epochs=1,
             embed_dim=64, hidden_dim=64, n_layers=1,
             # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
             frame_stride=8, max_frames=25,
+            # no dropout: six epochs do not overfit, and on the CPU drawing the masks costs a
+            # fifth of a Transformer step; a checkpoint every 3 epochs of a run of seconds
+            dropout=0.0, checkpoint_every=3,
         ),
-        folds=2,
+        folds=5,
         seeds=(0,),
+        # the readings of the open points: one architecture, two seeds (10 pairs per comparison)
+        reading_archs=("cnn",),
+        reading_seeds=(0, 1),
         # the encoders are so small that a second intra-op thread makes them slower
         threads=1,
     ),
@@ -82,7 +92,8 @@ PROFILES: dict[str, Profile] = {
             embed_dim=256, hidden_dim=256, n_layers=2, frame_stride=1, max_frames=None,
         ),
         folds=5,
-        seeds=(0,),
+        seeds=(0, 1, 2),
+        reading_seeds=(0, 1, 2),
     ),
 }
 
@@ -106,6 +117,8 @@ KNOBS: dict[str, Any] = dict(
     figures_dir="../figures",
     results_dir="../results",
     overrides=None,
+    engine="ray",
+    ray_address=None,
 )
 
 
@@ -140,6 +153,11 @@ class Experiment:
     n_utterances: int
     iemocap_root: str | None
     manifest: str | None
+    engine: str
+    """``"ray"`` (each run a Ray task) or ``"serial"`` (one after another in this process)."""
+    ray_address: str | None
+    """``None``: a local Ray with one worker per core; ``"auto"`` / ``"ray://host:port"``: a
+    running cluster (:mod:`hcld_lib.experiments.engine`)."""
     run_settings: dict[str, Any]
     """The RunConfig fields every run gets (profile, ``epochs``, ``overrides``)."""
     overrides: dict[str, Any]
@@ -148,6 +166,8 @@ class Experiment:
     figures_dir: Path
     name: str
     is_default: bool
+    knobs: dict[str, Any] = field(default_factory=dict)
+    """The knobs as given (``None`` = left to the profile)."""
     _table: pd.DataFrame | None = field(default=None, repr=False)
     _cache: FeatureCache | None = field(default=None, repr=False)
 
@@ -250,7 +270,8 @@ class Experiment:
              progress: bool = True, **overrides: Any) -> pd.DataFrame:
         """Train every run of the grid that has not finished; one row per run."""
         configs = self.grid_configs(variants, archs, folds, seeds, **overrides)
-        return run_configs(configs, progress=progress)
+        return run_configs(configs, progress=progress, engine=self.engine,
+                           address=self.ray_address)
 
     def finished(self, variants: Sequence[str] | None = None, archs: Sequence[str] | None = None,
                  folds: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
@@ -264,6 +285,14 @@ class Experiment:
         config = self.config(variant, arch, fold, seed, **self.overrides)
         finished_grid([config])
         return Path(config.out_dir) / config.resolved_run_name
+
+    def reading_grid(self) -> tuple[list[str], list[int]]:
+        """The architectures and seeds of the open-points chapter: ``archs`` / ``seeds`` when
+        given, else the profile's ``reading_archs`` / ``reading_seeds``."""
+        prof = profile(self.profile)
+        archs = self.archs if self.knobs.get("archs") is not None else list(prof.reading_archs)
+        seeds = self.seeds if self.knobs.get("seeds") is not None else list(prof.reading_seeds)
+        return archs, seeds
 
     # --- outputs -------------------------------------------------------------------------------
     def write_table(self, df: pd.DataFrame, stem: str, title: str, notes: Sequence[str] = (),
@@ -333,6 +362,8 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     n_run = int(given["folds"] if given["folds"] is not None else prof.folds)
     run["n_folds"] = max(n_folds, n_run)  # asking for more folds than the profile splits into
     seeds = [int(s) for s in _listed(given["seeds"], prof.seeds)]
+    if given["engine"] not in ("ray", "serial"):
+        raise HcldError(f"engine={given['engine']!r}; choose 'ray' or 'serial'")
 
     if dataset == "synthetic":
         corpus = f"synthetic-n{n_utt}-seed{seed}"
@@ -357,9 +388,10 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
                       if given["iemocap_root"] else None),
         manifest=(str(Path(given["manifest"]).expanduser().absolute())
                   if given["manifest"] else None),
+        engine=given["engine"], ray_address=given["ray_address"],
         run_settings=run, overrides=overrides,
         work_dir=Path(given["work_dir"]).expanduser().absolute(),
         results_root=Path(given["results_dir"]).expanduser().absolute(),
         figures_dir=Path(given["figures_dir"]).expanduser().absolute(),
-        name=name, is_default=default,
+        name=name, is_default=default, knobs=given,
     )

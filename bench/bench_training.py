@@ -1,0 +1,191 @@
+"""Training speed: what a run costs beyond the model, the grid on Ray, and the paper's size.
+
+Prints, in one run (nothing is asserted; ``make bench``):
+
+1. ``train_run`` against a bare PyTorch loop doing the same work: the same model, losses, batches
+   (the same sampler's), steps and evaluation passes, on tensors already in memory; the quick
+   profile on the embedded corpus, one HCLD run per architecture, steady state (a warm-up run
+   first). Goal: train_run <= 1.3 x the bare loop.
+2. The quick grid (5 variants x 3 architectures x 2 folds) on the serial engine against Ray with
+   2 workers (the local Ray's start-up included).
+3. Training steps per second per architecture at the paper's size (batch 32, 374 frames,
+   768-d features, 256-d encoders, both branches, the full HCLD loss) on the device present.
+4. The BiLSTM encoder against a bare ``nn.LSTM`` of the same size on the same input, packing
+   included, forward + backward.
+
+The corpus and its cache are made once under ``runs/bench/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+from hcld_lib.experiments.grid import grid_configs, run_configs  # noqa: E402
+from hcld_lib.experiments.params import setup  # noqa: E402
+from hcld_lib.method.losses import objective  # noqa: E402
+from hcld_lib.method.models import BLSTMEncoder, DualBranchModel  # noqa: E402
+from hcld_lib.method.sampler import ContrastiveBatchSampler  # noqa: E402
+from hcld_lib.runtime import resolve_device, set_seed  # noqa: E402
+from hcld_lib.training.run import (  # noqa: E402
+    build_model,
+    predict,
+    prepare_fold,
+    sampler_needs,
+    train_run,  # noqa: E402
+)
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "runs" / "bench"
+
+
+def bare_loop(config) -> float:
+    """The same work as ``train_run(config)`` with nothing around it; returns seconds."""
+    start = time.perf_counter()
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    data = prepare_fold(config)
+    model, anchors = build_model(config, data)
+    params = list(model.parameters()) + (list(anchors.parameters()) if anchors else [])
+    opt = torch.optim.Adam(params, lr=config.lr, fused=True)
+    features = data.features(device)
+    emotion, speaker = torch.tensor(data.emotion), torch.tensor(data.speaker)
+    sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
+                                      config.batch_size, seed=config.seed,
+                                      need=sampler_needs(config))
+    losses = config.loss_settings()
+    for epoch in range(config.epochs):
+        model.train()
+        for idx in sampler.batches(epoch):
+            rows = torch.as_tensor(data.train[idx])
+            x, lengths = features.gather(rows)
+            out = model(x, lengths)
+            e = emotion[rows]
+            total, _ = objective(out, e, speaker[rows], anchors(e) if anchors else None,
+                                 **losses)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+        with torch.no_grad():
+            for part in (data.fold.val, data.fold.test):
+                predict(model, features, part, 256)
+    return time.perf_counter() - start
+
+
+def overhead(exp) -> None:
+    print("1. train_run against a bare loop on the same work (quick profile, HCLD, fold 0)")
+    print(f"   {'arch':<12s} {'train_run s':>11s} {'bare s':>8s} {'ratio':>6s}")
+    out = WORK / "overhead"
+    for arch in ("cnn", "lstm", "transformer"):
+        config = exp.config("hcld", arch, 0, 0, out_dir=str(out))
+        shutil.rmtree(out, ignore_errors=True)
+        train_run(config)  # warm-up: imports, label-word embeddings, first kernels
+        shutil.rmtree(out / config.resolved_run_name)
+        t0 = time.perf_counter()
+        train_run(config)
+        ours = time.perf_counter() - t0
+        bare = min(bare_loop(config) for _ in range(2))
+        print(f"   {arch:<12s} {ours:11.2f} {bare:8.2f} {ours / bare:5.2f}x")
+
+
+def grid(exp) -> None:
+    print("2. the quick grid (5 variants x 3 archs x 2 folds): serial vs Ray with 2 workers")
+    for engine in ("serial", "ray"):
+        out = WORK / f"grid-{engine}"
+        shutil.rmtree(out, ignore_errors=True)
+        configs = grid_configs(exp.config(), exp.variants, exp.archs, [0, 1], [0], out)
+        t0 = time.perf_counter()
+        run_configs(configs, progress=False, engine=engine, num_cpus=2)
+        took = time.perf_counter() - t0
+        print(f"   {engine:<7s} {len(configs)} runs in {took:6.1f} s "
+              f"({took / len(configs):.2f} s a run)")
+
+
+def paper_size() -> None:
+    device = resolve_device("auto")
+    print(f"3. training steps at the paper's size on {device} "
+          "(batch 32 x 374 frames x 768-d, 256-d encoders, both branches, the HCLD loss)")
+    torch.manual_seed(0)
+    x = torch.randn(32, 374, 768, device=device)
+    lengths = torch.randint(120, 375, (32,), device=device)
+    emotion = torch.arange(32, device=device) % 4
+    speaker = torch.arange(32, device=device) // 4 % 8
+    for arch in ("cnn", "lstm", "transformer"):
+        model = DualBranchModel(768, 4, 8, arch).to(device)
+        opt = torch.optim.Adam(model.parameters(), fused=True)
+        label_emb = torch.randn(32, 256, device=device)
+
+        def step(model=model, opt=opt, label_emb=label_emb) -> None:
+            total, _ = objective(model(x, lengths), emotion, speaker, label_emb)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+
+        step()
+        n = 2 if device.type == "cpu" and arch == "lstm" else 5
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        sec = (time.perf_counter() - t0) / n
+        print(f"   {arch:<12s} {1 / sec:7.2f} steps/s  ({32 / sec:7.1f} utt/s)")
+
+
+def lstm() -> None:
+    print("4. BiLSTM encoder vs a bare nn.LSTM of the same size (2 layers x 256 per direction, "
+          "[32, 374, 768], packing included, fwd + bwd)")
+    torch.manual_seed(0)
+    x = torch.randn(32, 374, 768)
+    lengths = torch.randint(120, 375, (32,))
+    enc = BLSTMEncoder(768, 256, 256, 2, dropout=0.1)
+    bare = torch.nn.LSTM(768, 256, num_layers=2, batch_first=True, bidirectional=True,
+                         dropout=0.1)
+
+    def ours() -> None:
+        enc(x, lengths).sum().backward()
+
+    def plain() -> None:
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = bare(packed)
+        pad_packed_sequence(out, batch_first=True)[0].sum().backward()
+
+    times = {}
+    for name, fn in (("encoder", ours), ("nn.LSTM", plain)):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(2):
+            fn()
+        times[name] = (time.perf_counter() - t0) / 2
+    print(f"   encoder {32 / times['encoder']:5.2f} utt/s, bare {32 / times['nn.LSTM']:5.2f} "
+          f"utt/s: {times['encoder'] / times['nn.LSTM']:.2f}x")
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    exp = setup(work_dir=str(WORK / "work"), results_dir=str(WORK / "results"),
+                archs=["cnn", "lstm", "transformer"])
+    exp.features(progress=False)
+    parts = sys.argv[1:] or ["overhead", "grid", "paper", "lstm"]
+    if "overhead" in parts:
+        overhead(exp)
+    if "grid" in parts:
+        grid(exp)
+    if "paper" in parts:
+        paper_size()
+    if "lstm" in parts:
+        lstm()
+    np.random.seed(0)
+
+
+if __name__ == "__main__":
+    main()
