@@ -36,6 +36,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from hcld_lib.analysis.stats import t_interval, verdict, verdict_sentence
 from hcld_lib.io import HcldError
 from hcld_lib.method.variants import variant_label
 
@@ -437,11 +438,15 @@ def source_label(name: str) -> str:
 
 
 def speaker_space_sentences(
-    table: pd.DataFrame, sources: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    table: pd.DataFrame, sources: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    results: dict[str, list[ClusteringResult]],
 ) -> list[str]:
     """What :func:`compare_speaker_spaces` found, in sentences: how far each space's
-    intra-speaker NMI sits above its shuffled floor, whether HCLD's X_s holds less emotion than
-    orth's, and which variants trained identical speaker branches (``sources`` as given to it).
+    intra-speaker NMI sits above its shuffled floor; whether HCLD's X_s holds less emotion than
+    orth's (the one verdict rule, :mod:`hcld_lib.analysis.stats`: NMI differences paired by
+    (fold, speaker), 95 % t-interval, judged against HCLD's aim, a negative difference); and
+    which variants trained identical speaker branches. ``sources`` and ``results`` as given to
+    and returned by :func:`compare_speaker_spaces`.
     """
     lines = []
     for _, r in table.iterrows():
@@ -450,16 +455,17 @@ def speaker_space_sentences(
                      f"{r['nmi_std']:.3f} vs floor {r['nmi_shuffled_mean']:.3f} (+{gap:.3f}); "
                      f"ARI {r['ari_mean']:.3f}; purity {r['purity_mean']:.3f} vs "
                      f"{r['purity_shuffled_mean']:.3f}.")
-    by_source = table.set_index("source")
-    if {"X_s:hcld", "X_s:orth"} <= set(by_source.index):
-        h, o = by_source.loc["X_s:hcld"], by_source.loc["X_s:orth"]
-        spread = max(h["nmi_std"], o["nmi_std"])
-        verdict = ("less emotion than" if h["nmi_mean"] < o["nmi_mean"] - spread / 2 else
-                   "more emotion than" if h["nmi_mean"] > o["nmi_mean"] + spread / 2 else
-                   "about as much emotion as")
-        lines.append(f"HCLD's X_s holds **{verdict}** orth's X_s by intra-speaker NMI "
-                     f"({h['nmi_mean']:.3f} vs {o['nmi_mean']:.3f}; spread over speakers "
-                     f"~{spread:.3f}).")
+    if {"X_s:hcld", "X_s:orth"} <= set(results):
+        diffs = []
+        for h, o in zip(results["X_s:hcld"], results["X_s:orth"], strict=True):
+            both = h.per_speaker.set_index("speaker")["nmi"].to_frame("h").join(
+                o.per_speaker.set_index("speaker")["nmi"].to_frame("o"), how="inner")
+            diffs += list(both["h"] - both["o"])
+        ci = t_interval(diffs)
+        result = {**ci, "verdict": verdict(ci["ci_low"], ci["ci_high"], -1.0, ci["n_pairs"])}
+        lines.append(verdict_sentence("HCLD's X_s vs orth's X_s, intra-speaker NMI", result,
+                                      unit="NMI", by=("fold", "speaker"), digits=3)
+                     + " (held = HCLD's speaker space holds less emotion, as it intends)")
     same: dict[tuple, list[str]] = {}
     for name, sets in sources.items():
         if name.startswith("X_s:"):

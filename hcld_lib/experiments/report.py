@@ -1,10 +1,8 @@
-"""Sentences of the report, computed from the results (never written in advance).
+"""The report of an experiment: what its numbers are, Table II, the verdicts, the decoupling.
 
-Each comparison is paired by fold: for variants A and B of one architecture the difference
-A - B is taken fold by fold (same split, same seed), then averaged. A claim of the paper
-"held" when our mean difference has the paper's sign and is larger than its spread over folds;
-it "did not hold" when the sign is opposite and larger than the spread; otherwise it is
-"inconclusive" at this number of folds.
+Every sentence is computed from the results on disk (never written in advance): the paper's
+comparisons come from :mod:`hcld_lib.experiments.comparisons` (one verdict rule, with intervals),
+the readings of the open points from :mod:`hcld_lib.experiments.readings`.
 """
 
 from __future__ import annotations
@@ -14,128 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from hcld_lib.experiments.comparisons import claim_sentences, claims_summary
 from hcld_lib.experiments.params import Experiment
-from hcld_lib.experiments.tables import PAPER_TABLE
 from hcld_lib.io import atomic_write_text
-from hcld_lib.method.variants import ARCHS, variant_label
-
-METRIC_NAMES: dict[str, str] = {
-    "emo_wa": "emotion WA",
-    "emo_ua": "emotion UA",
-    "spk_wa": "speaker WA",
-    "spk_ua": "speaker UA",
-}
-
-#: The paper's comparisons (Table II): HCLD against each baseline and ablation.
-CLAIMS: tuple[tuple[str, str], ...] = (
-    ("hcld", "emo_only"),
-    ("hcld", "orth"),
-    ("hcld", "hcld_wo_supcon"),
-    ("hcld", "hcld_wo_lcl"),
-)
-
-
-def paired_difference(
-    df: pd.DataFrame, a: str, b: str, arch: str, metric: str = "emo_ua"
-) -> dict[str, float]:
-    """Fold-paired ``metric`` difference A - B (points) for one architecture.
-
-    Returns ``dict(mean, std, n)`` over the folds both variants finished (``std`` NaN when one).
-    """
-    def per_fold(variant: str) -> pd.Series:
-        sub = df[(df["variant"] == variant) & (df["arch"] == arch)]
-        if "train_fraction" in sub:
-            sub = sub[sub["train_fraction"].fillna(1.0) >= 1.0]
-        return sub.groupby("fold")[metric].mean()
-
-    diff = (per_fold(a) - per_fold(b)).dropna()
-    n = int(len(diff))
-    return {
-        "mean": float(diff.mean()) if n else math.nan,
-        "std": float(diff.std(ddof=1)) if n > 1 else math.nan,
-        "n": n,
-    }
-
-
-def paper_difference(a: str, b: str, arch: str, metric: str = "emo_ua") -> float:
-    """The same difference in the paper's Table II (points; NaN when not printed)."""
-    t = PAPER_TABLE.set_index(["variant", "arch"])
-    try:
-        return float(t.loc[(a, arch), metric] - t.loc[(b, arch), metric])
-    except KeyError:
-        return math.nan
-
-
-def verdict(ours: float, spread: float, paper: float) -> str:
-    """``"held"``, ``"did not hold"`` or ``"inconclusive"`` (see the module docstring)."""
-    if math.isnan(ours) or math.isnan(paper):
-        return "not comparable"
-    noise = 0.0 if math.isnan(spread) else spread
-    if abs(ours) <= noise or ours == 0:
-        return "inconclusive"
-    return "held" if np.sign(ours) == np.sign(paper) else "did not hold"
-
-
-def claims_table(
-    df: pd.DataFrame,
-    metrics: Sequence[str] = ("emo_ua", "emo_wa"),
-    claims: Sequence[tuple[str, str]] = CLAIMS,
-) -> pd.DataFrame:
-    """Every paper comparison x architecture x metric that our runs cover, one row each:
-    ``comparison``, ``arch``, ``metric``, ``ours_mean``, ``ours_std``, ``folds``, ``paper``,
-    ``verdict``."""
-    rows = []
-    for a, b in claims:
-        present = list(dict.fromkeys(df["arch"]))
-        for arch in [a for a in ARCHS if a in present] + [a for a in present if a not in ARCHS]:
-            for metric in metrics:
-                d = paired_difference(df, a, b, arch, metric)
-                if d["n"] == 0:
-                    continue
-                paper = paper_difference(a, b, arch, metric)
-                rows.append({
-                    "comparison": f"{variant_label(a)} vs {variant_label(b)}",
-                    "arch": arch,
-                    "metric": metric,
-                    "ours_mean": d["mean"],
-                    "ours_std": d["std"],
-                    "folds": d["n"],
-                    "paper": paper,
-                    "verdict": verdict(d["mean"], d["std"], paper),
-                })
-    return pd.DataFrame(rows, columns=["comparison", "arch", "metric", "ours_mean", "ours_std",
-                                       "folds", "paper", "verdict"])
-
-
-def _signed(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:+.1f}"
-
-
-def claim_sentences(claims: pd.DataFrame) -> list[str]:
-    """One sentence per row of :func:`claims_table`, e.g.
-    ``"HCLD vs EMO-only, emotion UA (cnn): +2.1 ± 0.8 points over 2 folds (paper +4.5): held."``"""
-    out = []
-    for r in claims.itertuples(index=False):
-        spread = "" if math.isnan(r.ours_std) else f" ± {r.ours_std:.1f}"
-        out.append(
-            f"{r.comparison}, {METRIC_NAMES.get(r.metric, r.metric)} ({r.arch}): "
-            f"{_signed(r.ours_mean)}{spread} points over {r.folds} fold(s) "
-            f"(paper {_signed(r.paper)}): {r.verdict}."
-        )
-    return out
-
-
-def claims_summary(claims: pd.DataFrame) -> str:
-    """How many comparisons held, did not hold, or were inconclusive."""
-    if claims.empty:
-        return "No paper comparison could be made: the grid has no pair of variants to compare."
-    counts = claims["verdict"].value_counts()
-    parts = [f"{int(counts.get(v, 0))} {v}" for v in ("held", "did not hold", "inconclusive")]
-    return (f"Of {len(claims)} fold-paired comparisons with the paper's Table II: "
-            + ", ".join(parts) + ".")
+from hcld_lib.method.variants import variant_label
 
 
 def decoupling_sentences(card: pd.DataFrame) -> list[str]:
@@ -218,9 +100,10 @@ def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[s
 
 
 def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
-                 card: pd.DataFrame | None) -> Path:
+                 card: pd.DataFrame | None, readings_md: str | None = None) -> Path:
     """``report.md`` of the experiment: provenance, corpus note, Table II, the claim sentences,
-    the decoupling sentences, the other chapters' tables (06, 07), the figure list."""
+    the readings of the open points, the decoupling sentences, the other chapters' tables (06,
+    07), the figure list."""
     found = artifacts(exp.results_dir)
     extra = [t for t in found["tables"] if t.name.startswith(("06", "07"))]
     lines = [f"# HCLD companion report: {exp.name}\n\n_{exp.caption}_\n", corpus_note(exp), ""]
@@ -228,6 +111,8 @@ def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
         lines += [table2_md.strip(), ""]
     lines += ["## What held and what did not", "", claims_summary(claims), ""]
     lines += [f"- {s}" for s in claim_sentences(claims)] + [""]
+    if readings_md:
+        lines += [readings_md.strip(), ""]
     if card is not None and not card.empty:
         lines += ["## Decoupling (test embeddings)", ""]
         lines += [f"- {s}" for s in decoupling_sentences(card)] + [""]
@@ -253,7 +138,8 @@ def write_index(results_root: str | os.PathLike) -> Path:
             claims = pd.read_csv(claims_csv)
             rows = claims[(claims["comparison"] == "HCLD vs EMO-only")
                           & (claims["metric"] == "emo_ua")]
-            headline = "; ".join(f"{r.arch} {r.ours_mean:+.1f} ({r.verdict})"
+            headline = "; ".join(f"{r.arch} {r.mean:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
+                                 f"({r.verdict})"
                                  for r in rows.itertuples()) or "–"
         report = f"[report]({folder.name}/report.md)" if (folder / "report.md").is_file() else "–"
         lines.append(f"| `{folder.name}` | {report} | {headline} |")

@@ -1,7 +1,7 @@
 """Tables of the runs: one row per run, the paper's Table II beside ours, Markdown and CSV.
 
 :func:`metrics_row` flattens a run's ``metrics.json``, :func:`summary_table` gives mean ± std
-over folds (and seeds) per variant x architecture in the layout of the paper's Table II, and
+over folds and seeds per variant x architecture in the layout of the paper's Table II, and
 :func:`side_by_side` puts the paper's numbers (:data:`PAPER_TABLE`) beside ours, naming the
 protocol, profile, corpus and backbone. Accuracies here are in percent.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from hcld_lib.data.labels import emotion_order
 from hcld_lib.features.cache import FeatureCache
@@ -146,17 +147,22 @@ def _variant_order(present: Iterable[str]) -> list[str]:
 
 
 def summary_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1; NaN for one fold) and fold count per variant x arch, long format.
+    """Mean, std (ddof=1; NaN for one run) and run count per variant x arch, long format.
 
-    Columns: ``variant``, ``arch``, ``n_folds_run``, and ``<metric>_mean`` / ``<metric>_std`` for
-    each of :data:`METRICS`. Rows in Table II order (variants), then :data:`ARCHS` order.
+    Columns: ``variant``, ``arch``, ``n_runs`` (folds x seeds), and ``<metric>_mean`` /
+    ``<metric>_std`` / ``<metric>_ci`` (the half-width of the 95 % t-interval of the mean,
+    ``t_{n-1} std / sqrt(n)``) for each of :data:`METRICS`. Rows in Table II order (variants),
+    then :data:`ARCHS` order.
     """
     if df.empty:
         raise HcldError("no finished runs to summarise; run the grid first")
     groups = df.groupby(["variant", "arch"], sort=False)
     out = groups[list(METRICS)].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
-    out["n_folds_run"] = groups.size()
+    out["n_runs"] = groups.size()
+    t = sps.t.ppf(0.975, np.maximum(out["n_runs"] - 1, 1))
+    for m in METRICS:
+        out[f"{m}_ci"] = t * out[f"{m}_std"] / np.sqrt(out["n_runs"])
     out = out.reset_index()
     arch_rank = {a: i for i, a in enumerate(ARCHS)}
     var_rank = {v: i for i, v in enumerate(_variant_order(out["variant"]))}
@@ -165,8 +171,8 @@ def summary_stats(df: pd.DataFrame) -> pd.DataFrame:
         key=lambda s: s.map(var_rank if s.name == "variant" else
                             lambda a: arch_rank.get(a, len(ARCHS))),
     )
-    stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-    cols = ["variant", "arch", "n_folds_run", *stat_cols]
+    stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci")]
+    cols = ["variant", "arch", "n_runs", *stat_cols]
     return out[cols].reset_index(drop=True)
 
 
@@ -186,7 +192,8 @@ def _cell(emo_wa: str, emo_ua: str, spk_wa: str, spk_ua: str) -> str:
 
 
 def summary_table(df: pd.DataFrame, archs: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean ± std over folds in Table II's layout: rows = variants (paper order, then others),
+    """Mean ± std over runs (folds x seeds) in Table II's layout: rows = variants (paper order,
+    then others),
     columns = architectures; each cell ``"emoWA ± s / emoUA ± s (spk WA ± s / UA ± s)"``.
 
     Only runs with the full labelled training part (``train_fraction`` 1) count. The numeric
@@ -251,7 +258,7 @@ def side_by_side(
         if arch in paper.columns:
             out[f"{arch} paper ({PAPER_SETTING})"] = paper[arch].reindex(variants).fillna("–")
     out.attrs["title"] = (
-        f"Table II: emotion WA / UA (speaker WA / UA), %, mean ± std over folds — ours: "
+        f"Table II: emotion WA / UA (speaker WA / UA), %, mean ± std over folds x seeds — ours: "
         f"protocol={protocol}, profile={profile}, corpus={corpus}, backbone={backbone}; "
         f"paper: {PAPER_SETTING}"
     )

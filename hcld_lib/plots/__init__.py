@@ -4,6 +4,7 @@
 - :mod:`~hcld_lib.plots.corpus`: the corpus, spectrograms, cached features;
 - :mod:`~hcld_lib.plots.training`: one run's curves and confusion matrix;
 - :mod:`~hcld_lib.plots.grid`: ours beside the paper's Table II;
+- :mod:`~hcld_lib.plots.readings`: the readings of the open points, with intervals;
 - :mod:`~hcld_lib.plots.spaces`: UMAP views and the decoupling scorecard;
 - :mod:`~hcld_lib.plots.speaker`: emotion inside speaker spaces, cluster pretraining.
 
@@ -17,6 +18,7 @@ from hcld_lib.plots.corpus import (
     plot_spectrograms_per_emotion,
 )
 from hcld_lib.plots.grid import plot_grid_comparison
+from hcld_lib.plots.readings import plot_readings
 from hcld_lib.plots.spaces import plot_scorecard, plot_umap_grid
 from hcld_lib.plots.speaker import (
     plot_contingency,
@@ -38,6 +40,7 @@ __all__ = [
     "plot_label_budget",
     "plot_nmi_bars",
     "plot_pretrain_loss",
+    "plot_readings",
     "plot_scorecard",
     "plot_spectrograms_per_emotion",
     "plot_training_curves",

@@ -15,11 +15,12 @@ from hcld_lib.plots.style import finish_figure
 def plot_grid_comparison(
     side_by_side: pd.DataFrame, caption: str | None = None, metric: str = "emo_ua"
 ) -> Figure:
-    """Our mean ± std over folds beside the paper's number, per variant and architecture.
+    """Our mean with its 95 % interval beside the paper's number, per variant and architecture.
 
     Args:
         side_by_side: long table of :func:`hcld_lib.experiments.tables.comparison` (columns
-            ``variant``, ``arch``, ``<metric>_mean``, ``<metric>_std``, ``paper_<metric>``).
+            ``variant``, ``arch``, ``n_runs``, ``<metric>_mean``, ``<metric>_ci`` (half-width of
+            the 95 % t-interval over folds x seeds), ``paper_<metric>``).
         metric: ``emo_wa``, ``emo_ua``, ``spk_wa`` or ``spk_ua``.
     """
     need = {"variant", "arch", f"{metric}_mean"}
@@ -33,9 +34,10 @@ def plot_grid_comparison(
     for ax, arch in zip(axes[0], archs):
         sub = side_by_side[side_by_side["arch"] == arch].set_index("variant").reindex(variants)
         ours = sub[f"{metric}_mean"].to_numpy(dtype=float)
-        err = sub.get(f"{metric}_std", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=float)
+        err = sub.get(f"{metric}_ci", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=float)
+        n = int(np.nanmax(sub.get("n_runs", pd.Series([1])).to_numpy(dtype=float)))
         ax.bar(x - 0.2, np.nan_to_num(ours), 0.4, yerr=np.nan_to_num(err), capsize=3,
-               color="#1f77b4", label="ours (mean ± std over folds)")
+               color="#1f77b4", label=f"ours (mean, 95 % interval over {n} runs)")
         paper_col = f"paper_{metric}"
         if paper_col in sub:
             ax.bar(x + 0.2, np.nan_to_num(sub[paper_col].to_numpy(dtype=float)), 0.4,

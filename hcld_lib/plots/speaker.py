@@ -98,7 +98,8 @@ def plot_label_budget(
     title: str | None = None,
     caption: str | None = None,
 ) -> Figure:
-    """Emotion ``metric`` (mean ± std over folds) against the labelled fraction, one line per
+    """Emotion ``metric`` (percent, mean ± std over folds x seeds) against the labelled fraction,
+    one line per
     condition. ``summary``: from ``experiments.label_budget.summarize_label_budget``."""
     need = ["condition", "train_fraction", f"{metric}_mean", f"{metric}_std"]
     missing = [c for c in need if c not in summary.columns]
@@ -107,8 +108,8 @@ def plot_label_budget(
     fig, ax = plt.subplots(figsize=(6, 4))
     for cond, g in summary.groupby("condition", sort=False):
         g = g.sort_values("train_fraction")
-        ax.errorbar(100 * g["train_fraction"], 100 * g[f"{metric}_mean"],
-                    yerr=100 * g[f"{metric}_std"].fillna(0.0), marker="o", capsize=4,
+        ax.errorbar(100 * g["train_fraction"], g[f"{metric}_mean"],
+                    yerr=g[f"{metric}_std"].fillna(0.0), marker="o", capsize=4,
                     label=CONDITION_LABELS.get(str(cond), str(cond)),
                     color=CONDITION_COLORS.get(str(cond)))
     ax.set_xscale("log")

@@ -1,0 +1,135 @@
+"""The paper's comparisons on our runs, each with its interval and one verdict.
+
+A comparison is variant ``a`` against variant ``b`` on one architecture (and, in the readings
+grid, under one reading), on a metric of the runs table (percent). The numbers come from
+:mod:`hcld_lib.analysis.stats`, the verdict rule from there too:
+
+* ``mean``, ``ci_low``, ``ci_high``, ``n_pairs``, ``verdict``: the differences paired by
+  (fold, seed) and their t-interval, judged against the sign of the paper's difference;
+* ``boot_low``, ``boot_high``, ``boot_items``: a paired bootstrap over the test utterances of the
+  first seed, pooled across folds (the predictions saved with each run), for the metric
+  (emotion UA or WA).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hcld_lib.analysis.embeddings import load_run_embeddings
+from hcld_lib.analysis.stats import compare, paired_bootstrap, verdict_sentence
+from hcld_lib.experiments.tables import PAPER_TABLE
+from hcld_lib.io import HcldError
+from hcld_lib.method.variants import variant_label
+
+COLUMNS: tuple[str, ...] = ("mean", "ci_low", "ci_high", "n_pairs", "verdict", "boot_low",
+                            "boot_high", "boot_items")
+
+#: The paper's comparisons (Table II): HCLD against each baseline and ablation.
+CLAIMS: tuple[tuple[str, str], ...] = (
+    ("hcld", "emo_only"),
+    ("hcld", "orth"),
+    ("hcld", "hcld_wo_supcon"),
+    ("hcld", "hcld_wo_lcl"),
+)
+
+METRIC_NAMES: dict[str, str] = {"emo_wa": "emotion WA", "emo_ua": "emotion UA",
+                                "spk_wa": "speaker WA", "spk_ua": "speaker UA"}
+
+
+def paper_difference(a: str, b: str, arch: str, metric: str = "emo_ua") -> float:
+    """The paper's ``metric(a) - metric(b)`` in Table II (points; NaN when not printed)."""
+    t = PAPER_TABLE.set_index(["variant", "arch"])
+    try:
+        return float(t.loc[(a, arch), metric] - t.loc[(b, arch), metric])
+    except KeyError:
+        return math.nan
+
+
+def bootstrap_runs(runs: pd.DataFrame, a: str, b: str, metric: str = "emo_ua",
+                   where: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The paired bootstrap of ``a - b`` over the test utterances of the first seed that both
+    have, pooled across folds; ``runs`` needs ``run_dir``, ``variant``, ``fold``, ``seed``.
+    Emotion metrics only (the runs save their predicted emotions); NaN otherwise."""
+    nan = {"boot_low": math.nan, "boot_high": math.nan, "boot_items": 0}
+    if metric not in ("emo_ua", "emo_wa") or "run_dir" not in runs:
+        return nan
+    sel = runs
+    for key, value in (where or {}).items():
+        sel = sel[sel[key] == value]
+    side = {v: sel[sel["variant"] == v].set_index(["seed", "fold"])["run_dir"] for v in (a, b)}
+    keys = sorted(set(side[a].index) & set(side[b].index))
+    if not keys:
+        return nan
+    seed = keys[0][0]
+    parts: dict[str, list[np.ndarray]] = {"a": [], "b": [], "y": []}
+    for key in (k for k in keys if k[0] == seed):
+        run_a, run_b = (load_run_embeddings(side[v][key]) for v in (a, b))
+        if run_a.emotion_pred is None or run_b.emotion_pred is None:
+            return nan
+        if not np.array_equal(run_a.utterance_id, run_b.utterance_id):
+            raise HcldError(f"{side[a][key]} and {side[b][key]} were tested on different "
+                            "utterances; they cannot be paired")
+        parts["a"].append(run_a.emotion_pred)
+        parts["b"].append(run_b.emotion_pred)
+        parts["y"].append(run_a.emotion)
+    boot = paired_bootstrap(*(np.concatenate(parts[k]) for k in ("a", "b", "y")),
+                            metric=metric.removeprefix("emo_"), seed=int(seed))
+    return {"boot_low": boot["ci_low"], "boot_high": boot["ci_high"],
+            "boot_items": boot["n_items"]}
+
+
+def compare_runs(runs: pd.DataFrame, a: str, b: str, metric: str, paper_diff: float,
+                 where: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One comparison: the columns of :data:`COLUMNS` (the module docstring)."""
+    result = compare(runs, a, b, metric, paper_diff, where=where)
+    return {**result, **bootstrap_runs(runs, a, b, metric, where)}
+
+
+def claims_table(runs: pd.DataFrame, metrics: Sequence[str] = ("emo_ua", "emo_wa"),
+                 claims: Sequence[tuple[str, str]] = CLAIMS) -> pd.DataFrame:
+    """Every paper comparison x architecture x metric that our runs cover, one row each:
+    ``comparison, a, b, arch, metric, paper`` and :data:`COLUMNS`."""
+    rows = []
+    present = set(runs["variant"])
+    for a, b in claims:
+        if not {a, b} <= present:
+            continue
+        for arch in dict.fromkeys(runs["arch"]):
+            for metric in metrics:
+                paper = paper_difference(a, b, arch, metric)
+                rows.append({"comparison": f"{variant_label(a)} vs {variant_label(b)}",
+                             "a": a, "b": b, "arch": arch, "metric": metric, "paper": paper,
+                             **compare_runs(runs, a, b, metric, paper, where={"arch": arch})})
+    return pd.DataFrame(rows, columns=["comparison", "a", "b", "arch", "metric", "paper",
+                                       *COLUMNS])
+
+
+def claim_sentences(claims: pd.DataFrame) -> list[str]:
+    """One sentence per row of :func:`claims_table` (the rule's wording, the paper beside)."""
+    out = []
+    for r in claims.to_dict("records"):
+        label = f"{r['comparison']}, {METRIC_NAMES.get(r['metric'], r['metric'])} ({r['arch']})"
+        text = verdict_sentence(label, r, unit="points")
+        paper = "n/a" if math.isnan(r["paper"]) else f"{r['paper']:+.1f}"
+        boot = ("" if not r["boot_items"] else
+                f" Bootstrap over {int(r['boot_items'])} test utterances: "
+                f"[{r['boot_low']:+.1f}, {r['boot_high']:+.1f}].")
+        out.append(f"{text[:-1]} (paper {paper}).{boot}")
+    return out
+
+
+def claims_summary(claims: pd.DataFrame) -> str:
+    """How many comparisons held, were contradicted, were not shown, or had too few runs."""
+    if claims.empty:
+        return "No paper comparison could be made: the runs hold no pair of variants to compare."
+    counts = claims["verdict"].value_counts()
+    parts = [f"{int(counts.get(v, 0))} {v}" for v in ("held", "contradicted", "not shown",
+                                                       "too few runs")]
+    n = int(claims["n_pairs"].max()) if len(claims) else 0
+    return (f"Of {len(claims)} comparisons with the paper's Table II (95 % intervals over up to "
+            f"{n} (fold, seed) pairs): " + ", ".join(parts) + ".")

@@ -1,0 +1,149 @@
+"""Which reading of the paper reproduces it: the open points as a grid of their own.
+
+A **reading** is a set of values for the points the paper leaves open (the README's open-points
+table): each switch on its own, and small sweeps of the margin m, the temperature tau and the
+weight of the contrastive terms. Under each reading, HCLD, EMO-only and orth are trained on every
+architecture x fold x seed asked for, and HCLD is compared with EMO-only and with orth by the one
+verdict rule (:mod:`hcld_lib.experiments.comparisons`): emotion UA, paired by (fold, seed), 95 %
+t-interval, against the paper's direction (HCLD above both, for every architecture).
+
+A reading reaches a baseline only where the baseline reads it (the branches layout reaches all
+three; the orth form only orth; the rest only HCLD), so baselines that a reading does not change
+are the same runs as under the as-printed reading (:meth:`RunConfig.reading`), trained once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from hcld_lib.analysis.stats import verdict_sentence
+from hcld_lib.experiments.comparisons import compare_runs, paper_difference
+from hcld_lib.experiments.grid import finished_grid, grid_configs, run_configs
+from hcld_lib.method.variants import variant_settings
+from hcld_lib.training.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One reading: a name, the open point it reads, the RunConfig fields it sets, and factors
+    on loss weights (each variant's own weight times the factor, so a term a variant does not
+    have stays off)."""
+
+    name: str
+    point: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+
+    def for_variant(self, variant: str) -> dict[str, Any]:
+        """The fields this reading sets on a run of ``variant``."""
+        own = variant_settings(variant)
+        return {**self.overrides, **{k: own[k] * f for k, f in self.scale.items()}}
+
+
+#: The switches of the open-points table, one at a time (the first is the reading as printed,
+#: with our defaults where the paper is silent).
+SWITCH_READINGS: tuple[Reading, ...] = (
+    Reading("as printed", "every default of the open-points table"),
+    Reading("L_pos on X_s", "L_pos features", {"pos_space": "speaker"}),
+    Reading("printed hinge", "L_neg form", {"hinge": "printed"}),
+    Reading("SupCon on X_s", "SupCon space and labels", {"supcon_space": "speaker"}),
+    Reading("LCL counts i", "LCL: is i a positive", {"lcl_include_self": True}),
+    Reading("shared encoder", "branches", {"branches": "shared"}),
+    Reading("orth /B form", "orth baseline penalty", {"orth_form": "batch"}),
+)
+
+#: Small sweeps of the values the paper does not give.
+SWEEP_READINGS: tuple[Reading, ...] = (
+    *(Reading(f"margin {m:g}", "margin m", {"margin": m}) for m in (-0.2, 0.2, 0.5)),
+    *(Reading(f"tau {t:g}", "temperature", {"temperature": t}) for t in (0.05, 0.2, 0.5)),
+    *(Reading(f"contrastive x{w:g}", "weight of the contrastive terms",
+              scale={"w_cld": w, "w_supcon": w, "w_label": w}) for w in (0.1, 0.3)),
+)
+
+VARIANTS: tuple[str, ...] = ("emo_only", "orth", "hcld")
+COMPARISONS: tuple[tuple[str, str], ...] = (("hcld", "emo_only"), ("hcld", "orth"))
+
+
+def readings(sweeps: bool = True) -> list[Reading]:
+    """The switch readings, and the sweeps unless ``sweeps=False``."""
+    return [*SWITCH_READINGS, *(SWEEP_READINGS if sweeps else ())]
+
+
+def reading_configs(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str],
+                    folds: Sequence[int], seeds: Sequence[int]) -> dict[str, list[RunConfig]]:
+    """The runs of every reading: ``{reading name: configs of its three variants}``."""
+    return {r.name: [c for v in VARIANTS for c in grid_configs(
+        base, [v], archs, folds, seeds, overrides=r.for_variant(v))] for r in chosen}
+
+
+def run_readings(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str],
+                 folds: Sequence[int], seeds: Sequence[int], engine: str = "ray",
+                 address: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train every run of every reading that has not finished (each run once, however many
+    readings share it); one row per (reading, run), with a ``reading`` column."""
+    by_reading = reading_configs(base, chosen, archs, folds, seeds)
+    unique = {c.resolved_run_name: c for configs in by_reading.values() for c in configs}
+    run_configs(list(unique.values()), progress=progress, engine=engine, address=address)
+    return read_readings(by_reading)
+
+
+def read_readings(by_reading: dict[str, list[RunConfig]]) -> pd.DataFrame:
+    """The finished runs of every reading (an error names the missing ones)."""
+    frames = [finished_grid(configs, what="the open-points chapter (notebook 08)")
+              .assign(reading=name) for name, configs in by_reading.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def readings_table(rows: pd.DataFrame, chosen: Sequence[Reading]) -> pd.DataFrame:
+    """Per reading x architecture x comparison: the emotion-UA difference, its interval and
+    verdict (:data:`hcld_lib.experiments.comparisons.COLUMNS`) and the paper's difference."""
+    out = []
+    point = {r.name: r.point for r in chosen}
+    for name in dict.fromkeys(rows["reading"]):
+        sub = rows[rows["reading"] == name]
+        for arch in dict.fromkeys(sub["arch"]):
+            for a, b in COMPARISONS:
+                paper = paper_difference(a, b, arch, "emo_ua")
+                result = compare_runs(sub, a, b, "emo_ua", paper, where={"arch": arch})
+                out.append({"reading": name, "point": point.get(name, ""), "arch": arch,
+                            "comparison": f"HCLD vs {'EMO-only' if b == 'emo_only' else b}",
+                            "paper": paper, **result})
+    return pd.DataFrame(out)
+
+
+def holding_readings(table: pd.DataFrame) -> list[str]:
+    """The readings under which both of the paper's directions held on every architecture."""
+    held = table.groupby("reading", sort=False)["verdict"].apply(lambda v: (v == "held").all())
+    return [name for name, ok in held.items() if ok]
+
+
+def reading_sentences(table: pd.DataFrame) -> list[str]:
+    """One sentence per reading: does the paper's direction reproduce under it?"""
+    lines = []
+    for name, sub in table.groupby("reading", sort=False):
+        parts = [verdict_sentence(f"{r['comparison']} ({r['arch']})", r).rstrip(".")
+                 for r in sub.to_dict("records")]
+        verdicts = set(sub["verdict"])
+        word = ("reproduces the paper's direction" if verdicts == {"held"} else
+                "contradicts the paper" if "contradicted" in verdicts and "held" not in verdicts
+                else "does not reproduce it" if verdicts <= {"not shown", "contradicted"}
+                else "reproduces it in part")
+        lines.append(f"**{name}** ({sub['point'].iloc[0]}): {word}. " + "; ".join(parts) + ".")
+    return lines
+
+
+def readings_summary(table: pd.DataFrame, corpus: str) -> str:
+    """The sentence the report leads with: under which reading(s) the paper's claims hold."""
+    held = holding_readings(table)
+    n = int(table["n_pairs"].min()) if len(table) else 0
+    if not held:
+        return (f"On {corpus}, under none of the {table['reading'].nunique()} readings run did "
+                "HCLD come out above both EMO-only and orth on every architecture with a 95 % "
+                f"interval that excludes 0 (at least {n} (fold, seed) pairs each).")
+    return (f"On {corpus}, the paper's claims (HCLD above EMO-only and above orth, on every "
+            f"architecture run) hold under: {', '.join(held)} (95 % intervals over at least "
+            f"{n} (fold, seed) pairs).")

@@ -1,0 +1,112 @@
+"""The paper's comparisons, the readings of the open points and the label budget, all judged by
+the one verdict rule, on runs whose differences are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hcld_lib.experiments import comparisons
+from hcld_lib.experiments import readings as rd
+from hcld_lib.experiments.label_budget import label_budget_comparisons, label_budget_sentences
+
+
+def _rows(gaps: dict[str, float], archs=("cnn", "lstm"), reading: str | None = None):
+    """Runs of EMO-only at 60 % (+ fold/seed noise) and other variants at 60 + gap, four
+    (fold, seed) pairs per architecture; the noise is shared, so each difference is exact."""
+    rows = []
+    for arch in archs:
+        for fold in (0, 1):
+            for seed in (0, 1):
+                base = 60.0 + fold - seed
+                for variant, gap in {"emo_only": 0.0, **gaps}.items():
+                    jitter = 0.1 * (fold + seed) if variant != "emo_only" else 0.0
+                    rows.append({"variant": variant, "arch": arch, "fold": fold, "seed": seed,
+                                 "emo_ua": base + gap + jitter, "emo_wa": base + gap,
+                                 "train_fraction": 1.0})
+    df = pd.DataFrame(rows)
+    return df if reading is None else df.assign(reading=reading)
+
+
+def test_claims_carry_interval_pairs_and_verdict():
+    claims = comparisons.claims_table(_rows({"hcld": 5.0, "orth": 7.0}), metrics=("emo_ua",))
+    cnn = claims[(claims.comparison == "HCLD vs EMO-only") & (claims.arch == "cnn")].iloc[0]
+    # differences 5.0, 5.1, 5.1, 5.2: mean 5.1, sd 0.0816, t_3 = 3.182
+    assert cnn["mean"] == pytest.approx(5.1) and cnn["n_pairs"] == 4
+    half = 3.182446305 * np.std([5.0, 5.1, 5.1, 5.2], ddof=1) / 2
+    assert cnn["ci_low"] == pytest.approx(5.1 - half)
+    assert cnn["ci_high"] == pytest.approx(5.1 + half)
+    assert cnn["verdict"] == "held" and cnn["paper"] == pytest.approx(76.08 - 71.61)
+    vs_orth = claims[(claims.comparison == "HCLD vs orth") & (claims.arch == "cnn")].iloc[0]
+    assert vs_orth["mean"] == pytest.approx(-2.0) and vs_orth["verdict"] == "contradicted"
+    sentence = comparisons.claim_sentences(claims)[0]
+    assert sentence.startswith("HCLD vs EMO-only, emotion UA (cnn): +5.1 points, 95 % CI [")
+    assert "over 4 (fold, seed) pairs: held (paper +4.5)." in sentence
+    assert "2 held, 2 contradicted, 0 not shown" in comparisons.claims_summary(claims)
+
+
+def test_two_folds_are_too_few_runs_for_a_verdict():
+    df = _rows({"hcld": 5.0})
+    df = df[df["seed"] == 0]
+    row = comparisons.claims_table(df, metrics=("emo_ua",)).iloc[0]
+    assert row["n_pairs"] == 2 and row["verdict"] == "too few runs"
+
+
+def test_readings_name_the_ones_under_which_the_paper_holds():
+    rows = pd.concat([
+        _rows({"hcld": 5.0, "orth": 2.0}, reading="shared encoder"),
+        _rows({"hcld": -3.0, "orth": 2.0}, reading="as printed"),
+        _rows({"hcld": 0.0, "orth": 0.0}, archs=("cnn",), reading="margin 0.2"),
+    ])
+    chosen = [rd.Reading("as printed", "defaults"), rd.Reading("shared encoder", "branches"),
+              rd.Reading("margin 0.2", "margin m", {"margin": 0.2})]
+    table = rd.readings_table(rows, chosen)
+    assert set(table["comparison"]) == {"HCLD vs EMO-only", "HCLD vs orth"}
+    assert rd.holding_readings(table) == ["shared encoder"]
+    verdicts = table.set_index(["reading", "arch", "comparison"])["verdict"]
+    assert verdicts[("as printed", "lstm", "HCLD vs EMO-only")] == "contradicted"
+    assert verdicts[("margin 0.2", "cnn", "HCLD vs orth")] == "not shown"
+    summary = rd.readings_summary(table, "the synthetic corpus")
+    assert "hold under: shared encoder" in summary and "at least 4 (fold, seed) pairs" in summary
+    lines = rd.reading_sentences(table)
+    assert lines[0].startswith("**shared encoder** (branches): reproduces the paper's direction")
+    assert lines[1].startswith("**as printed** (defaults): contradicts the paper")
+    assert lines[2].startswith("**margin 0.2** (margin m): does not reproduce it")
+
+
+def test_the_readings_share_the_runs_a_reading_does_not_change():
+    from hcld_lib.training.config import RunConfig
+
+    base = RunConfig(epochs=1)
+    by = rd.reading_configs(base, rd.readings(), ["cnn"], [0, 1], [0, 1])
+    assert len(by) == len(rd.SWITCH_READINGS) + len(rd.SWEEP_READINGS)
+    def runs(variant: str) -> set[str]:
+        return {c.resolved_run_name for configs in by.values() for c in configs
+                if c.variant == variant}
+
+    # 4 (fold, seed) cells per variant and reading. HCLD differs under every reading but the
+    # orth form (which it does not read); EMO-only only with the shared encoder; orth with the
+    # shared encoder and with its /B form
+    assert len(runs("hcld")) == 4 * (len(by) - 1)
+    assert len(runs("emo_only")) == 4 * 2
+    assert len(runs("orth")) == 4 * 3
+    contrastive = next(c for c in by["contrastive x0.1"] if c.variant == "hcld")
+    assert (contrastive.w_cld, contrastive.w_supcon, contrastive.w_task_speaker) == (0.1, 0.1, 1.0)
+    orth = next(c for c in by["contrastive x0.1"] if c.variant == "orth")
+    assert (orth.w_cld, orth.w_orth) == (0.0, 1.0)  # a weight a variant does not have stays off
+
+
+def test_label_budget_verdicts_follow_the_one_rule():
+    rows = []
+    for fold in (0, 1):
+        for seed in (0, 1):
+            for condition, gain in (("none", 0.0), ("cluster", 4.0), ("cluster+hcld", -4.0)):
+                rows.append({"condition": condition, "train_fraction": 0.1, "fold": fold,
+                             "seed": seed, "emo_ua": 50.0 + fold + gain + 0.1 * seed})
+    table = label_budget_comparisons(pd.DataFrame(rows))
+    verdicts = table.set_index("condition")["verdict"]
+    assert verdicts["cluster"] == "held" and verdicts["cluster+hcld"] == "contradicted"
+    lines = label_budget_sentences(table)
+    assert lines[0].startswith("- cluster pretraining + EMO-only, 10% labels, vs no pretraining: "
+                               "+4.0 UA points, 95 % CI")
