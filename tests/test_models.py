@@ -152,3 +152,29 @@ def test_layer_weighted_sum_and_multi_layer_input():
     assert model.emotion_layers is not model.speaker_layers
     with pytest.raises(HcldError, match="4-D input"):
         model(x[:, 0], lengths)
+
+
+def test_the_bilstm_equals_nn_lstm_over_a_packed_sequence():
+    """Same parameters, same outputs on the valid frames as PyTorch's bidirectional LSTM over a
+    PackedSequence (the reference for what a padding-free BiLSTM computes)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from hcld_lib.method.models import BLSTMEncoder
+
+    torch.manual_seed(0)
+    enc = BLSTMEncoder(6, embed_dim=8, hidden_dim=5, n_layers=2, dropout=0.0).eval()
+    ref = torch.nn.LSTM(6, 5, num_layers=2, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for k in range(2):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(ref, f"{name}_l{k}").copy_(getattr(enc.forward_layers[k], f"{name}_l0"))
+                getattr(ref, f"{name}_l{k}_reverse").copy_(
+                    getattr(enc.backward_layers[k], f"{name}_l0"))
+    x = torch.randn(4, 9, 6)
+    lengths = torch.tensor([9, 4, 7, 1])
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    ours = enc.frames(x, mask, lengths)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    theirs, _ = pad_packed_sequence(ref(packed)[0], batch_first=True, total_length=9)
+    torch.testing.assert_close(ours[mask], theirs[mask], rtol=1e-5, atol=1e-6)
+    assert torch.all(ours[~mask] == 0)
