@@ -11,10 +11,11 @@ parameter that no notebook knows is an error before anything runs; a notebook th
 the batch with its name and the path of the executed copy, where the traceback is.
 
 Order: a notebook declares the chapters it reads from in its metadata (``"hcld": {"needs":
-["04"]}``); the batch runs a notebook once those have finished, up to ``--jobs`` at a time
-(default 2), so that one chapter's single-threaded work (plots, UMAP, speaker embeddings) overlaps
-another's training. With the Ray engine and no ``--ray-address``, the batch starts one local Ray
-(one worker per core) that every notebook's grid shares, and stops it at the end.
+["04"], "trains": true}``); the batch runs a notebook once those have finished, up to ``--jobs``
+at a time (default 3), those that train first, so that the single-threaded work of the others
+(plots, UMAP, speaker embeddings) fills the gaps of the training. With the Ray engine and no
+``--ray-address``, the batch starts one local Ray (one worker per core) while the first chapters
+run, which every notebook's grid then shares; it is stopped at the end.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def notebook_paths(notebooks_dir: Path, only: list[str] | None = None) -> list[P
     return paths
 
 
-def needs(path: Path) -> list[str]:
-    """The chapters (two-digit numbers) a notebook reads results from (its metadata)."""
+def needs(path: Path) -> tuple[list[str], bool]:
+    """The chapters (two-digit numbers) a notebook reads results from, and whether it trains
+    (its metadata ``"hcld": {"needs": [...], "trains": ...}``)."""
     meta = nbformat.read(path, as_version=4).metadata.get("hcld", {})
-    return [str(n) for n in meta.get("needs", [])]
+    return [str(n) for n in meta.get("needs", [])], bool(meta.get("trains", False))
 
 
 def parse_value(text: str) -> object:
@@ -108,7 +110,7 @@ def run_batch(
     timeout: int = 3600,
     kernel: str = KERNEL,
     threads: int | None = None,
-    jobs: int = 2,
+    jobs: int = 3,
 ) -> list[tuple[str, float]]:
     """Execute the notebooks (dependencies first, ``jobs`` at a time); return (name, seconds).
 
@@ -124,32 +126,41 @@ def run_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    waiting = {p.name[:2]: (p, set(needs(p)) & {q.name[:2] for q in paths}) for p in paths}
-    shared_ray = params.get("engine", "ray") == "ray" and not params.get("ray_address")
+    numbers = {q.name[:2] for q in paths}
+    waiting = {p.name[:2]: (p, set(needs(p)[0]) & numbers, needs(p)[1]) for p in paths}
+    # one local Ray for every chapter that trains (none: no Ray at all)
+    shared_ray = (params.get("engine", "ray") == "ray" and not params.get("ray_address")
+                  and any(trains for _, _, trains in waiting.values()))
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
-    with ray_session(num_cpus=os.cpu_count()) if shared_ray else contextlib.nullcontext():
-        if shared_ray:
-            import ray
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max(1, jobs)))
+        running: dict[concurrent.futures.Future, str] = {}
+        while waiting or running:
+            finished = {n for n, _ in timings}
+            # the chapters that train first: the others' single-threaded work fills the gaps
+            for number, (path, deps, trains) in sorted(waiting.items(),
+                                                       key=lambda kv: (not kv[1][2], kv[0])):
+                ray_pending = trains and shared_ray and "ray_address" not in params
+                if deps <= finished and len(running) < max(1, jobs) and not ray_pending:
+                    print(f"[hcld] {path.name} ...", flush=True)
+                    future = pool.submit(_execute, path, out_dir / path.name, dict(params),
+                                         kernel, timeout)
+                    running[future] = number
+                    del waiting[number]
+            if shared_ray and "ray_address" not in params:
+                # start the shared local Ray while the first chapters (no training) run
+                stack.enter_context(ray_session(num_cpus=os.cpu_count()))
+                import ray
 
-            params["ray_address"] = ray.get_runtime_context().gcs_address
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            running: dict[concurrent.futures.Future, str] = {}
-            while waiting or running:
-                finished = {n for n, _ in timings}
-                for number, (path, deps) in sorted(waiting.items()):
-                    if deps <= finished and len(running) < max(1, jobs):
-                        print(f"[hcld] {path.name} ...", flush=True)
-                        future = pool.submit(_execute, path, out_dir / path.name, params,
-                                             kernel, timeout)
-                        running[future] = number
-                        del waiting[number]
-                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
-                for future in done:
-                    number = running.pop(future)
-                    seconds = future.result()  # a failure stops the batch here
-                    timings.append((number, seconds))
-                    print(f"[hcld] {number} done in {seconds:.0f} s", flush=True)
+                params["ray_address"] = ray.get_runtime_context().gcs_address
+                continue
+            done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+            for future in done:
+                number = running.pop(future)
+                seconds = future.result()  # a failure stops the batch here
+                timings.append((number, seconds))
+                print(f"[hcld] {number} done in {seconds:.0f} s", flush=True)
     wall = time.perf_counter() - start
     named = [(next(p.name for p in paths if p.name.startswith(n)), s) for n, s in timings]
     lines = ["notebook,seconds", *(f"{n},{s:.1f}" for n, s in sorted(named)), f"wall,{wall:.1f}"]
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
     parser.add_argument("--out-dir", type=Path, help="where executed copies go (runs/notebooks)")
     parser.add_argument("--threads", type=int, help="torch threads per kernel (quick: 1)")
-    parser.add_argument("--jobs", type=int, default=2, help="notebooks run at the same time")
+    parser.add_argument("--jobs", type=int, default=3, help="notebooks run at the same time")
     parser.add_argument("--engine", choices=("ray", "serial"),
                         help="how the grids run (the notebooks' engine parameter; default ray)")
     parser.add_argument("--ray-address", help="a running Ray cluster: 'auto' or ray://host:port")

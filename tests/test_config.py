@@ -111,10 +111,10 @@ def test_setup_reads_the_knobs_of_a_namespace_and_names_the_experiment(tmp_path)
     exp = setup({"profile": "quick", "folds": 3, "seeds": [0, 1], "unrelated": 1},
                 work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
     assert exp.folds == [0, 1, 2] and exp.seeds == [0, 1] and exp.is_default
-    assert exp.name == "synthetic-n1000-seed0__fbank__paper__quick"
+    assert exp.name == "synthetic-n600-seed0__fbank__paper__quick"
     assert exp.results_dir == tmp_path / "r" / exp.name
     other = setup(protocol="loso", overrides={"embed_dim": 32}, work_dir=str(tmp_path))
-    assert not other.is_default and other.name.startswith("synthetic-n1000-seed0__fbank__loso")
+    assert not other.is_default and other.name.startswith("synthetic-n600-seed0__fbank__loso")
     assert other.run_settings["embed_dim"] == 32
     with pytest.raises(HcldError, match="not RunConfig fields"):
         setup(overrides={"embed_dimm": 32})

@@ -102,7 +102,8 @@ def run_grid(
 
 
 #: Relative cost of a run by architecture: longer runs are submitted first, so that the last
-#: minutes of a grid are not spent waiting for one slow run.
+#: minutes of a grid are not spent waiting for one slow run (then by fold, so that a worker's
+#: consecutive runs share the fold's resident features).
 _COST = {"lstm": 3, "transformer": 2, "cnn": 1}
 
 
@@ -129,7 +130,7 @@ def run_configs(
     """
     configs = list(configs)
     todo = sorted((i for i, c in enumerate(configs) if not is_finished(c)),
-                  key=lambda i: -_COST.get(configs[i].emotion_arch, 1))
+                  key=lambda i: (-_COST.get(configs[i].emotion_arch, 1), configs[i].fold))
     start = time.perf_counter()
 
     def report(_: int, config: RunConfig, metrics: dict[str, Any], done: int, total: int

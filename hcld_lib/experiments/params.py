@@ -66,13 +66,13 @@ PROFILES: dict[str, Profile] = {
     # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames,
     # few epochs: every notebook of the batch runs in minutes on 2 cores.
     "quick": Profile(
-        corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=1000),
+        corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=600),
         run=dict(
-            protocol="paper", n_folds=5, epochs=6, batch_size=64, lr=3e-3, warmup_epochs=1,
+            protocol="paper", n_folds=5, epochs=5, batch_size=64, lr=3e-3, warmup_epochs=1,
             embed_dim=64, hidden_dim=64, n_layers=1,
             # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
             frame_stride=8, max_frames=25,
-            # no dropout: six epochs do not overfit, and on the CPU drawing the masks costs a
+            # no dropout: five epochs do not overfit, and on the CPU drawing the masks costs a
             # fifth of a Transformer step; a checkpoint every 3 epochs of a run of seconds
             dropout=0.0, checkpoint_every=3,
         ),

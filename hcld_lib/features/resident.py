@@ -15,8 +15,10 @@ When the tensor would not fit (more than half of the free memory of the device, 
 then in float16), it falls back to reading each batch from the memory-mapped cache through the
 same :func:`prepare_rows`, with a warning; both paths give the same numbers.
 
-Built tensors are kept per process for the last few (cache, normaliser, stride, crop, device)
-keys, so the runs of one fold in a grid (its variants, architectures and seeds) build it once.
+Built tensors are kept per process, the most recently used first, while they take at most a
+quarter of the free memory of their device (at least the last one), keyed by (cache, normaliser,
+stride, crop, device): the runs of one fold in a grid (its variants, architectures and readings)
+build it once.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.normalizer import FeatureNormalizer
 
 _CHUNK = 256  # rows normalised and pooled at once (bounds the float32 temporaries)
-_KEEP = 2  # built fold tensors kept per process
+_KEEP_SHARE = 4  # built fold tensors are kept while they take at most 1/4 of the free memory
 
 
 def prepare_rows(
@@ -140,6 +142,11 @@ class FoldFeatures:
     def resident(self) -> bool:
         return self.x is not None
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the resident tensor takes (0 when batches are read from the memmap)."""
+        return 0 if self.x is None else self.x.element_size() * self.x.nelement()
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -176,6 +183,7 @@ def fold_features(cache: FeatureCache, rows: np.ndarray, normalizer: FeatureNorm
         return _BUILT[key]
     built = FoldFeatures(cache, rows, normalizer, frame_stride, max_frames, device, resident)
     _BUILT[key] = built
-    while len(_BUILT) > _KEEP:
+    budget = _free_bytes(built.device) // _KEEP_SHARE
+    while len(_BUILT) > 1 and sum(f.nbytes for f in _BUILT.values()) > budget:
         _BUILT.popitem(last=False)
     return built
