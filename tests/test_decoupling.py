@@ -115,5 +115,14 @@ def test_umap_is_deterministic_and_two_dimensional():
     b = umap_embed(x, seed=0, n_neighbors=10)
     assert a.shape == (60, 2) and a.dtype == np.float32
     np.testing.assert_allclose(a, b)
+    # umap-learn's own kernels are cached on disk, so that the next process loads rather than
+    # compiles them (numba's FunctionCache instead of its default NullCache)
+    import umap.umap_
+    import umap.utils
+    from numba.core.caching import FunctionCache
+
+    for kernel in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+                   umap.utils.fast_knn_indices):
+        assert isinstance(kernel._cache, FunctionCache), kernel
     with pytest.raises(HcldError, match="at least 4"):
         umap_embed(x[:3])

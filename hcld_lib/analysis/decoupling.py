@@ -14,6 +14,7 @@ The paper reports accuracies only. Here the test embeddings of a run (``x_e`` [N
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -177,6 +178,26 @@ def scorecard_table(
     return df
 
 
+#: umap-learn's numba kernels that it compiles on every first fit of a process (it does not ask
+#: numba to cache them; about 12 s on one core): module, attribute.
+_UMAP_KERNELS = (
+    ("umap.utils", "fast_knn_indices"),
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+)
+
+
+def _cache_umap_kernels() -> None:
+    """Ask numba to cache umap-learn's uncached kernels in ``NUMBA_CACHE_DIR`` (same machine
+    code, same results; a later process loads them instead of compiling). A kernel that a
+    umap-learn version does not have, or that is not a numba dispatcher, is left alone."""
+    for module, name in _UMAP_KERNELS:
+        kernel = getattr(sys.modules.get(module), name, None)
+        if hasattr(kernel, "enable_caching"):
+            kernel.enable_caching()
+
+
 def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
     """2-D UMAP of ``x`` [N, E] with cosine distances, deterministic for a given ``seed``.
 
@@ -191,6 +212,7 @@ def umap_embed(x: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarra
         warnings.simplefilter("ignore")  # n_jobs overridden by random_state; tiny-N spectral init
         import umap
 
+        _cache_umap_kernels()
         reducer = umap.UMAP(
             n_neighbors=int(min(n_neighbors, len(x) - 1)),
             n_components=2,
