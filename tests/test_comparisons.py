@@ -58,9 +58,12 @@ def test_readings_name_the_ones_under_which_the_paper_holds():
         _rows({"hcld": 5.0, "orth": 2.0}, reading="shared encoder"),
         _rows({"hcld": -3.0, "orth": 2.0}, reading="as printed"),
         _rows({"hcld": 0.0, "orth": 0.0}, archs=("cnn",), reading="margin 0.2"),
+        # the same HCLD runs as printed, run by run (a switch that does not reach X_e)
+        _rows({"hcld": -3.0, "orth": 2.0}, reading="printed hinge"),
     ])
     chosen = [rd.Reading("as printed", "defaults"), rd.Reading("shared encoder", "branches"),
-              rd.Reading("margin 0.2", "margin m", {"margin": 0.2})]
+              rd.Reading("margin 0.2", "margin m", {"margin": 0.2}),
+              rd.Reading("printed hinge", "L_neg form", {"hinge": "printed"})]
     table = rd.readings_table(rows, chosen)
     assert set(table["comparison"]) == {"HCLD vs EMO-only", "HCLD vs orth"}
     assert rd.holding_readings(table) == ["shared encoder"]
@@ -73,6 +76,10 @@ def test_readings_name_the_ones_under_which_the_paper_holds():
     assert lines[0].startswith("**shared encoder** (branches): reproduces the paper's direction")
     assert lines[1].startswith("**as printed** (defaults): contradicts the paper")
     assert lines[2].startswith("**margin 0.2** (margin m): does not reproduce it")
+    same = table.groupby("reading")["same_as_printed"].all()
+    assert same["printed hinge"] and not same["as printed"] and not same["shared encoder"]
+    assert lines[3].endswith("this switch does not reach X_e here.")
+    assert not any(line.endswith("not reach X_e here.") for line in lines[:3])
 
 
 def test_the_readings_share_the_runs_a_reading_does_not_change():
@@ -110,3 +117,26 @@ def test_label_budget_verdicts_follow_the_one_rule():
     lines = label_budget_sentences(table)
     assert lines[0].startswith("- cluster pretraining + EMO-only, 10% labels, vs no pretraining: "
                                "+4.0 UA points, 95 % CI")
+
+
+def test_the_index_lists_every_experiment_with_its_headline(tmp_path):
+    from hcld_lib.experiments import report
+
+    done, empty = tmp_path / "synthetic__fbank__paper__quick", tmp_path / "iemocap__hubert__loso"
+    done.mkdir()
+    empty.mkdir()
+    claims = comparisons.claims_table(_rows({"hcld": 5.0, "orth": 7.0}), metrics=("emo_ua",))
+    claims.to_csv(done / f"{report.CLAIMS_TABLE}.csv", index=False)
+    rows = pd.concat([_rows({"hcld": 5.0, "orth": 2.0}, reading="shared encoder"),
+                      _rows({"hcld": -3.0, "orth": 2.0}, reading="as printed")])
+    table = rd.readings_table(rows, [rd.Reading("as printed", "defaults"),
+                                     rd.Reading("shared encoder", "branches")])
+    table.to_csv(done / f"{report.READINGS_TABLE}.csv", index=False)
+    (done / "report.md").write_text("# report\n")
+    lines = report.write_index(tmp_path).read_text().splitlines()
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| `")}
+    assert set(row) == {f"`{done.name}`", f"`{empty.name}`"}
+    assert "cnn +5.1 [" in row[f"`{done.name}`"] and "(held)" in row[f"`{done.name}`"]
+    assert row[f"`{done.name}`"].rstrip().endswith("| shared encoder |")
+    assert f"[report]({done.name}/report.md)" in row[f"`{done.name}`"]
+    assert row[f"`{empty.name}`"] == f"| `{empty.name}` | – | – | – |"

@@ -302,6 +302,15 @@ class Experiment:
         return write_tables(df, self.results_dir, stem, title, notes, index,
                             provenance=self.provenance_columns())
 
+    def read_table(self, stem: str, chapter: str) -> pd.DataFrame:
+        """A table that ``chapter`` wrote for this experiment (``<stem>.csv`` in its folder); a
+        missing one is an error that says which chapter to run first."""
+        path = self.results_dir / f"{stem}.csv"
+        if not path.is_file():
+            raise HcldError(f"{path} does not exist: run {chapter} on this experiment first "
+                            "(with the same parameters)")
+        return pd.read_csv(path)
+
     def save_figure(self, fig: Any, name: str, dpi: int = 120) -> Path:
         """Write ``fig`` as ``<name>.png`` into the experiment's folder (and, for the default
         experiment, into ``figures_dir``), atomically; returns the experiment's copy."""

@@ -98,20 +98,34 @@ def read_readings(by_reading: dict[str, list[RunConfig]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+AS_PRINTED = SWITCH_READINGS[0].name
+
+
+def _scores(rows: pd.DataFrame, reading: str, variant: str, arch: str) -> list[float]:
+    sub = rows[(rows["reading"] == reading) & (rows["variant"] == variant)
+               & (rows["arch"] == arch)]
+    return sub.sort_values(["fold", "seed"])["emo_ua"].tolist()
+
+
 def readings_table(rows: pd.DataFrame, chosen: Sequence[Reading]) -> pd.DataFrame:
     """Per reading x architecture x comparison: the emotion-UA difference, its interval and
-    verdict (:data:`hcld_lib.experiments.comparisons.COLUMNS`) and the paper's difference."""
+    verdict (:data:`hcld_lib.experiments.comparisons.COLUMNS`), the paper's difference, and
+    ``same_as_printed``: whether HCLD's emotion UA under this reading equals the as-printed
+    reading's run by run (the reading then does not reach X_e at all)."""
     out = []
     point = {r.name: r.point for r in chosen}
     for name in dict.fromkeys(rows["reading"]):
         sub = rows[rows["reading"] == name]
         for arch in dict.fromkeys(sub["arch"]):
+            same = (name != AS_PRINTED and AS_PRINTED in set(rows["reading"])
+                    and _scores(rows, name, "hcld", arch) == _scores(rows, AS_PRINTED, "hcld",
+                                                                      arch))
             for a, b in COMPARISONS:
                 paper = paper_difference(a, b, arch, "emo_ua")
                 result = compare_runs(sub, a, b, "emo_ua", paper, where={"arch": arch})
                 out.append({"reading": name, "point": point.get(name, ""), "arch": arch,
                             "comparison": f"HCLD vs {'EMO-only' if b == 'emo_only' else b}",
-                            "paper": paper, **result})
+                            "paper": paper, **result, "same_as_printed": same})
     return pd.DataFrame(out)
 
 
@@ -132,7 +146,11 @@ def reading_sentences(table: pd.DataFrame) -> list[str]:
                 "contradicts the paper" if "contradicted" in verdicts and "held" not in verdicts
                 else "does not reproduce it" if verdicts <= {"not shown", "contradicted"}
                 else "reproduces it in part")
-        lines.append(f"**{name}** ({sub['point'].iloc[0]}): {word}. " + "; ".join(parts) + ".")
+        line = f"**{name}** ({sub['point'].iloc[0]}): {word}. " + "; ".join(parts) + "."
+        if "same_as_printed" in sub and sub["same_as_printed"].astype(bool).all():
+            line += (" HCLD's emotion UA is the as-printed one, run by run: this switch does "
+                     "not reach X_e here.")
+        lines.append(line)
     return lines
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from hcld_lib.experiments.comparisons import claim_sentences, claims_summary
 from hcld_lib.experiments.params import Experiment
+from hcld_lib.experiments.readings import holding_readings
 from hcld_lib.io import atomic_write_text
 from hcld_lib.method.variants import variant_label
 
@@ -123,17 +124,25 @@ def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
     return atomic_write_text(exp.results_dir / "report.md", "\n".join(lines))
 
 
+#: The stems of the tables the index reads: the paper's comparisons (chapter 09) and the readings
+#: of the open points (chapter 08).
+CLAIMS_TABLE = "09_claims"
+READINGS_TABLE = "08_readings"
+
+
 def write_index(results_root: str | os.PathLike) -> Path:
-    """``results_root/index.md``: every experiment folder on disk with its headline numbers
-    (from its ``08_claims.csv``: HCLD vs EMO-only emotion UA per architecture), so that two
-    corpora can be compared side by side."""
+    """``results_root/index.md``: every experiment folder on disk with its headline numbers, so
+    that two corpora can be compared side by side: HCLD vs EMO-only emotion UA per architecture
+    (from its claims table) and the readings under which the paper's claims held (from its
+    readings table); "–" where the chapter has not run."""
     root = Path(results_root)
     lines = ["# Experiments on disk", "",
-             "| experiment | report | HCLD - EMO-only, emotion UA (points, per arch) |",
-             "| --- | --- | --- |"]
+             "| experiment | report | HCLD - EMO-only, emotion UA (points, 95 % CI, per arch) "
+             "| readings under which the paper's claims held |",
+             "| --- | --- | --- | --- |"]
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        claims_csv = folder / "08_claims.csv"
-        headline = "–"
+        headline, held = "–", "–"
+        claims_csv = folder / f"{CLAIMS_TABLE}.csv"
         if claims_csv.is_file():
             claims = pd.read_csv(claims_csv)
             rows = claims[(claims["comparison"] == "HCLD vs EMO-only")
@@ -141,6 +150,9 @@ def write_index(results_root: str | os.PathLike) -> Path:
             headline = "; ".join(f"{r.arch} {r.mean:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
                                  f"({r.verdict})"
                                  for r in rows.itertuples()) or "–"
+        readings_csv = folder / f"{READINGS_TABLE}.csv"
+        if readings_csv.is_file():
+            held = ", ".join(holding_readings(pd.read_csv(readings_csv))) or "none"
         report = f"[report]({folder.name}/report.md)" if (folder / "report.md").is_file() else "–"
-        lines.append(f"| `{folder.name}` | {report} | {headline} |")
+        lines.append(f"| `{folder.name}` | {report} | {headline} | {held} |")
     return atomic_write_text(root / "index.md", "\n".join(lines) + "\n")
