@@ -106,6 +106,47 @@ def test_run_grid_trains_each_cell_once_and_resumes(tmp_path, monkeypatch):
     assert df["emo_ua"].tolist() == [50.0] * 8
 
 
+def test_progress_is_one_bar_in_a_notebook_and_a_line_per_run_elsewhere(tmp_path, monkeypatch,
+                                                                        capsys):
+    def fake_train_run(config):
+        run = tmp_path / config.resolved_run_name
+        m = _metrics(config.variant, config.emotion_arch, config.fold, 0.5)
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps(m))
+        return m
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n, self.postfix, self.closed = kwargs, 0, "", False
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+    monkeypatch.setattr(grid, "train_run", fake_train_run)
+    monkeypatch.setattr(grid.runtime, "in_notebook", lambda: True)
+    monkeypatch.setattr(grid.runtime, "progress", lambda **kw: bars.append(Bar(**kw)) or bars[-1])
+    base = RunConfig(n_folds=2, out_dir=str(tmp_path))
+    grid.run_configs(grid.grid_configs(base, ["emo_only", "hcld"], ["cnn"], [0, 1]),
+                     engine="serial", desc="readings")
+    assert len(bars) == 1 and bars[0].n == 4 and bars[0].closed
+    assert bars[0].kwargs == {"total": 4, "desc": "readings", "unit": "run"}
+    assert bars[0].postfix.endswith("emo UA 50.0")
+    assert capsys.readouterr().out == ""  # nothing printed per run
+    monkeypatch.setattr(grid.runtime, "in_notebook", lambda: False)
+    grid.run_configs(grid.grid_configs(base, ["orth"], ["cnn"], [0, 1]), engine="serial",
+                     desc="readings")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(bars) == 1 and len(lines) == 2
+    assert lines[0].startswith("[readings   1/2] orth__cnn__paper-fold0__seed0")
+
+
 def test_finished_grid_reads_runs_and_names_the_missing_ones(tmp_path):
     _write_runs(tmp_path, [("hcld", "cnn", 0, 0.6), ("emo_only", "cnn", 0, 0.5)])
     base = RunConfig(n_folds=2, out_dir=str(tmp_path))

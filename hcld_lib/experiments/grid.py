@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hcld_lib import runtime
 from hcld_lib.experiments.engine import TaskFailed, run_tasks
 from hcld_lib.experiments.tables import metrics_row
 from hcld_lib.io import HcldError
@@ -119,6 +120,7 @@ def run_configs(
     address: str | None = None,
     num_cpus: int | None = None,
     num_gpus: float | None = None,
+    desc: str = "grid",
 ) -> pd.DataFrame:
     """Train every run of ``configs`` that has not finished; one row per run (the columns of
     ``tables.metrics_row`` and ``run_dir``), in order.
@@ -126,33 +128,48 @@ def run_configs(
     ``engine="ray"`` runs each as a Ray task (:mod:`hcld_lib.experiments.engine`: a local Ray
     with ``num_cpus`` workers, default all cores, or the cluster at ``address``; a dead worker's
     run is retried); ``engine="serial"`` trains them one after another in this process.
-    ``progress`` prints a line per finished run: runs done / total and the time left.
+    ``progress``: in a notebook, one bar (runs done / total, the time left, the last run and its
+    emotion UA); elsewhere a line per finished run (``[desc done/total] run  emo UA  time left``).
     """
     configs = list(configs)
     todo = sorted((i for i, c in enumerate(configs) if not is_finished(c)),
                   key=lambda i: (-_COST.get(configs[i].emotion_arch, 1), configs[i].fold))
-    start = time.perf_counter()
-
-    def report(_: int, config: RunConfig, metrics: dict[str, Any], done: int, total: int
-               ) -> None:
-        if progress:
-            left = (time.perf_counter() - start) / done * (total - done)
-            print(f"[grid {done:>3}/{total}] {config.resolved_run_name:<48} emo UA "
-                  f"{100 * metrics['test']['emotion']['ua']:5.1f}  (~{left:.0f} s left)",
-                  flush=True)
-
     if progress and len(todo) < len(configs):
-        print(f"[grid] {len(configs) - len(todo)} of {len(configs)} runs are already finished",
+        print(f"[{desc}] {len(configs) - len(todo)} of {len(configs)} runs are already finished",
               flush=True)
+    report, bar = _progress(desc, len(todo), progress)
     try:
         run_tasks(_train, [configs[i] for i in todo], engine=engine, address=address,
                   num_cpus=num_cpus, num_gpus=num_gpus, on_result=report,
                   describe=lambda c: c.resolved_run_name)
     except TaskFailed as err:
-        err.add_note(f"hcld grid: finished runs in {configs[0].out_dir} are kept and skipped on "
-                     "the next call")
+        err.add_note(f"hcld {desc}: finished runs in {configs[0].out_dir} are kept and skipped "
+                     "on the next call")
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     return finished_grid(configs)
+
+
+def _progress(desc: str, total: int, enabled: bool) -> tuple[Any, Any]:
+    """The callback :func:`run_tasks` calls as runs finish, and the notebook bar it updates
+    (``None`` outside a notebook, where it prints a line per run)."""
+    start = time.perf_counter()
+    bar = (runtime.progress(total=total, desc=desc, unit="run")
+           if enabled and total and runtime.in_notebook() else None)
+
+    def report(_: int, config: RunConfig, metrics: dict[str, Any], done: int, n: int) -> None:
+        ua = 100 * metrics["test"]["emotion"]["ua"]
+        if bar is not None:
+            bar.set_postfix_str(f"{config.resolved_run_name}: emo UA {ua:.1f}", refresh=False)
+            bar.update(1)
+        elif enabled:
+            left = (time.perf_counter() - start) / done * (n - done)
+            print(f"[{desc} {done:>3}/{n}] {config.resolved_run_name:<48} emo UA {ua:5.1f}  "
+                  f"(~{left:.0f} s left)", flush=True)
+
+    return report, bar
 
 
 def finished_grid(configs: Sequence[RunConfig], what: str = "the grid (notebook 04)"

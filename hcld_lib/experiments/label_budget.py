@@ -170,7 +170,7 @@ def label_budget_experiment(
     run_tasks(_pretrain, tasks, engine=engine, address=address,
               describe=lambda t: t.path.name)
     rows = run_configs([c for _, _, c in runs], progress=progress, engine=engine,
-                       address=address)
+                       address=address, desc="label budget")
     info = pd.DataFrame([{"condition": cond, "train_fraction": f,
                           "pretrained": cfg.init_emotion_encoder or ""}
                          for cond, f, cfg in runs])

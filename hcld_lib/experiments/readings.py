@@ -87,7 +87,8 @@ def run_readings(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str
     readings share it); one row per (reading, run), with a ``reading`` column."""
     by_reading = reading_configs(base, chosen, archs, folds, seeds)
     unique = {c.resolved_run_name: c for configs in by_reading.values() for c in configs}
-    run_configs(list(unique.values()), progress=progress, engine=engine, address=address)
+    run_configs(list(unique.values()), progress=progress, engine=engine, address=address,
+                desc="readings")
     return read_readings(by_reading)
 
 
