@@ -133,6 +133,88 @@ def _resume_state(
     return array, state
 
 
+def _cache_key(
+    bb: Backbone,
+    layers: tuple[int, ...],
+    layer: str | int,
+    max_seconds: float | None,
+    table_text: str,
+    paths: list[str],
+) -> tuple[str, dict]:
+    """The cache key (sha256 of the sorted-JSON ``key_parts``) and the ``key_parts`` dict."""
+    key_parts = {
+        "feature_code_version": FEATURE_CODE_VERSION,
+        "backbone": bb.spec if not bb.spec.startswith("hf:") else "hf",
+        "identity": bb.identity(),
+        "layers": list(layers),
+        "all_layers": layer == "all",
+        "max_seconds": max_seconds,
+        "sample_rate": bb.sample_rate,
+        "table_sha256": sha256_bytes(table_text.encode()),
+        "files_sha256": files_fingerprint(paths),
+    }
+    return sha256_bytes(json.dumps(key_parts, sort_keys=True).encode()), key_parts
+
+
+def _cache_folder(cache_dir: str | os.PathLike | None, slug: str, key: str) -> Path:
+    """``cache_dir/<slug>-<key[:12]>`` (``cache_dir`` None: the default cache folder)."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    return root / f"{slug}-{key[:12]}"
+
+
+def _open_complete(folder: Path) -> FeatureCache | None:
+    """The complete cache in ``folder``, or None (a corrupted one is deleted with a warning)."""
+    if (folder / "meta.json").exists():
+        try:
+            return open_cache(folder)
+        except HcldError as err:
+            warnings.warn(f"{err} Rebuilding it.", stacklevel=3)  # the caller of extract_features
+            shutil.rmtree(folder)
+    return None
+
+
+def _cache_shape(
+    bb: Backbone,
+    n_samples: np.ndarray,
+    layers: tuple[int, ...],
+    layer: str | int,
+    max_seconds: float | None,
+) -> tuple[int, ...]:
+    """Array shape ``(N, T, D)`` (``(N, L, T, D)`` for all layers); T: max_seconds or longest."""
+    if max_seconds is not None:
+        max_frames = bb.frame_count(int(round(max_seconds * bb.sample_rate)))
+    else:
+        max_frames = max(bb.frame_count(int(k)) for k in n_samples)
+    if layer == "all":
+        return (len(n_samples), len(layers), max_frames, bb.feature_dim)
+    return (len(n_samples), max_frames, bb.feature_dim)
+
+
+def _batches(todo: np.ndarray, n_samples: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The rows ``todo`` in batches of ``batch_size``, longest first: memory peaks early."""
+    order = todo[np.argsort(-n_samples[todo], kind="stable")]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _open_state(
+    folder: Path, shape: tuple[int, ...], table_text: str
+) -> tuple[np.memmap, dict[str, np.ndarray]]:
+    """Write table.csv if needed, then resume an interrupted run or start a fresh one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table_path = folder / "table.csv"
+    if not table_path.is_file() or table_path.read_text() != table_text:
+        atomic_write_text(table_path, table_text)
+    resumed = _resume_state(folder, shape)
+    if resumed is not None:
+        return resumed
+    if (folder / "progress.npz").exists() or (folder / "features.npy").exists():
+        warnings.warn(
+            f"feature cache {folder}: the interrupted run's files are unusable; starting over.",
+            stacklevel=3,  # the caller of extract_features
+        )
+    return _fresh_state(folder, shape)
+
+
 def extract_features(
     table: pd.DataFrame,
     backbone: str = "fbank",
@@ -183,77 +265,65 @@ def extract_features(
 
     table_text = table_csv(table)
     paths = table["path"].tolist()
-    key_parts = {
-        "feature_code_version": FEATURE_CODE_VERSION,
-        "backbone": bb.spec if not bb.spec.startswith("hf:") else "hf",
-        "identity": bb.identity(),
-        "layers": list(layers),
-        "all_layers": layer == "all",
-        "max_seconds": max_seconds,
-        "sample_rate": bb.sample_rate,
-        "table_sha256": sha256_bytes(table_text.encode()),
-        "files_sha256": files_fingerprint(paths),
-    }
-    key = sha256_bytes(json.dumps(key_parts, sort_keys=True).encode())
-    root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
-    folder = root / f"{bb.slug}-{key[:12]}"
-
-    if (folder / "meta.json").exists():
-        try:
-            return open_cache(folder)
-        except HcldError as err:
-            warnings.warn(f"{err} Rebuilding it.", stacklevel=2)
-            shutil.rmtree(folder)
+    key, key_parts = _cache_key(bb, layers, layer, max_seconds, table_text, paths)
+    folder = _cache_folder(cache_dir, bb.slug, key)
+    cached = _open_complete(folder)
+    if cached is not None:
+        return cached
 
     start = time.time()
     n = len(table)
     n_samples = np.array(
         [audio_num_samples(p, bb.sample_rate, max_seconds) for p in paths], dtype=np.int64
     )
-    if max_seconds is not None:
-        max_frames = bb.frame_count(int(round(max_seconds * bb.sample_rate)))
-    else:
-        max_frames = max(bb.frame_count(int(k)) for k in n_samples)
-    shape: tuple[int, ...] = (n, max_frames, bb.feature_dim)
-    if layer == "all":
-        shape = (n, len(layers), max_frames, bb.feature_dim)
-
-    folder.mkdir(parents=True, exist_ok=True)
-    table_path = folder / "table.csv"
-    if not table_path.is_file() or table_path.read_text() != table_text:
-        atomic_write_text(table_path, table_text)
-    resumed = _resume_state(folder, shape)
-    if resumed is None:
-        if (folder / "progress.npz").exists() or (folder / "features.npy").exists():
-            warnings.warn(
-                f"feature cache {folder}: the interrupted run's files are unusable; starting over.",
-                stacklevel=2,
-            )
-        array, state = _fresh_state(folder, shape)
-    else:
-        array, state = resumed
+    shape = _cache_shape(bb, n_samples, layers, layer, max_seconds)
+    array, state = _open_state(folder, shape, table_text)
     todo = np.flatnonzero(~state["done"])
     dev = resolve_device(device)
 
     if len(todo):
         bb.load(dev)
-        order = todo[
-            np.argsort(-n_samples[todo], kind="stable")
-        ]  # longest first: memory peaks early
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = _batches(todo, n_samples, batch_size)
         _run_batches(bb, table, batches, array, state, folder, layers, max_seconds, progress, n)
     del array
 
+    _finish_cache(folder, table, state, bb, layer, layers, max_seconds, shape,
+                  key, key_parts, table_text, dev, start)
+    return open_cache(folder)
+
+
+def _write_index(folder: Path, table: pd.DataFrame, state: dict[str, np.ndarray]) -> str:
+    """Write index.csv (row, valid frames and CRC32 of each utterance) and return its text."""
     index = pd.DataFrame(
         {
             "utterance_id": table["utterance_id"],
-            "row": np.arange(n),
+            "row": np.arange(len(table)),
             "length": state["lengths"],
             "crc32": state["crc"],
         }
     )
     index_text = table_csv(index)
     atomic_write_text(folder / "index.csv", index_text)
+    return index_text
+
+
+def _finish_cache(
+    folder: Path,
+    table: pd.DataFrame,
+    state: dict[str, np.ndarray],
+    bb: Backbone,
+    layer: str | int,
+    layers: tuple[int, ...],
+    max_seconds: float | None,
+    shape: tuple[int, ...],
+    key: str,
+    key_parts: dict,
+    table_text: str,
+    dev: torch.device,
+    start: float,
+) -> None:
+    """Write index.csv and meta.json (which marks the cache complete), then drop progress.npz."""
+    index_text = _write_index(folder, table, state)
     feat_path = folder / "features.npy"
     meta = {
         "format": CACHE_FORMAT,
@@ -274,8 +344,8 @@ def extract_features(
         "shape": list(shape),
         "dtype": "float16",
         "feature_dim": bb.feature_dim,
-        "max_frames": max_frames,
-        "n_utterances": n,
+        "max_frames": shape[-2],
+        "n_utterances": len(table),
         "features_bytes": feat_path.stat().st_size,
         "table_sha256": sha256_bytes(table_text.encode()),
         "index_sha256": sha256_bytes(index_text.encode()),
@@ -287,7 +357,6 @@ def extract_features(
     }
     atomic_write_json(folder / "meta.json", meta)
     (folder / "progress.npz").unlink(missing_ok=True)
-    return open_cache(folder)
 
 
 def _versions() -> dict[str, str]:
