@@ -106,6 +106,117 @@ def _float32(out: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
             for k, v in out.items()}
 
 
+def _resume(
+    checkpoint: Path | None,
+    identity: dict[str, Any] | None,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[list[dict[str, Any]], dict[str, Any], int, float]:
+    """``(history, best, start epoch, seconds)`` of ``checkpoint``, with ``module``, ``optimizer``
+    and the RNGs restored from it; a fresh start when there is none. Raises :class:`HcldError`
+    for a checkpoint whose identity is not ``identity``."""
+    best = {"epoch": 0, "score": -math.inf, "state": None, "payload": None}
+    if checkpoint is None or not checkpoint.is_file():
+        return [], best, 0, 0.0
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if ckpt.get("identity") != identity:
+        raise HcldError(f"{checkpoint} belongs to a different run; delete it (or the run "
+                        "folder) to start this run afresh")
+    module.load_state_dict(ckpt["module"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"])
+    return ckpt["history"], ckpt["best"], int(ckpt["epoch"]), float(ckpt["seconds"])
+
+
+def _save_checkpoint(
+    checkpoint: Path,
+    identity: dict[str, Any] | None,
+    epochs_done: int,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    seconds: float,
+) -> None:
+    """Write everything :func:`_resume` needs after ``epochs_done`` epochs (atomically)."""
+    atomic_torch_save(
+        {"identity": identity, "epoch": epochs_done, "module": _state_copy(module),
+         "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
+         "best": best, "seconds": seconds},
+        checkpoint,
+    )
+
+
+def _train_epoch(
+    epoch: int,
+    epoch_batches: Collection[Batch],
+    forward: Callable[[Batch], dict[str, Tensor | None]],
+    loss: Callable[[dict[str, Tensor | None], Batch], tuple[Tensor, dict[str, Any]]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: float,
+    warmup_epochs: int,
+    terms: Sequence[str],
+    device: torch.device,
+    cast: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+) -> dict[str, Any]:
+    """One pass over ``epoch_batches`` of ``epoch`` (0-based): an optimiser step per batch at
+    the warm-up learning rate ``lr_t`` (module docstring).
+
+    Returns:
+        The epoch's history row ``{epoch (1-based), lr (the last lr_t), loss,
+        loss_<term>...}``, losses averaged over the steps.
+    Raises:
+        HcldError: a non-finite loss, naming epoch, step and terms.
+    """
+    sums: dict[str, float] = {}
+    n_steps = 0
+    lr_t = lr
+    for step, batch in enumerate(epoch_batches):
+        if warmup_epochs > 0:
+            lr_t = lr * min(1.0, (epoch + (step + 1) / len(epoch_batches)) / warmup_epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_t
+        with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
+            out = forward(batch)
+        total, values = loss(_float32(out) if cast is not None else out, batch)
+        if not torch.isfinite(total):
+            shown = {k: float(v) for k, v in values.items()}
+            raise HcldError(f"non-finite loss at epoch {epoch + 1} step {step} ({shown}); "
+                            "lower lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
+        n_steps += 1
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_t,
+                           "loss": sums.get("loss", 0.0) / max(n_steps, 1)}
+    for term in terms:
+        row[f"loss_{term}"] = sums[term] / n_steps if term in sums else float("nan")
+    return row
+
+
+def _evaluate(module: nn.Module, evaluate: Callable[[int], Evaluation] | None, epoch: int
+              ) -> Evaluation:
+    """``evaluate(epoch)`` in eval mode without gradients (``module`` back in train mode
+    after); ``({}, None, None)`` without ``evaluate``."""
+    if evaluate is None:
+        return {}, None, None
+    module.eval()
+    with torch.no_grad():
+        columns, score, payload = evaluate(epoch)
+    module.train()
+    return columns, score, payload
+
+
 def fit(
     module: nn.Module,
     batches: Callable[[int], Collection[Batch]],
@@ -153,78 +264,24 @@ def fit(
                                  fused=device.type in ("cpu", "cuda"))
     cast = _autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if cast == torch.float16 else None
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "state": None, "payload": None}
-    start, elapsed = 0, 0.0
-    if checkpoint is not None and checkpoint.is_file():
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if ckpt.get("identity") != identity:
-            raise HcldError(f"{checkpoint} belongs to a different run; delete it (or the run "
-                            "folder) to start this run afresh")
-        module.load_state_dict(ckpt["module"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, best = ckpt["history"], ckpt["best"]
-        start, elapsed = int(ckpt["epoch"]), float(ckpt["seconds"])
-        _set_rng_state(ckpt["rng"])
-
+    history, best, start, elapsed = _resume(checkpoint, identity, module, optimizer)
     module.train()
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        n_steps = 0
-        lr_t = lr
-        epoch_batches = batches(epoch)
-        for step, batch in enumerate(epoch_batches):
-            if warmup_epochs > 0:
-                lr_t = lr * min(1.0, (epoch + (step + 1) / len(epoch_batches)) / warmup_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_t
-            with torch.autocast(device.type, dtype=cast or torch.float32,
-                                enabled=cast is not None):
-                out = forward(batch)
-            total, values = loss(_float32(out) if cast is not None else out, batch)
-            if not torch.isfinite(total):
-                shown = {k: float(v) for k, v in values.items()}
-                raise HcldError(f"non-finite loss at epoch {epoch + 1} step {step} ({shown}); "
-                                "lower lr")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                total.backward()
-                optimizer.step()
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v)
-            n_steps += 1
-
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_t,
-                               "loss": sums.get("loss", 0.0) / max(n_steps, 1)}
-        for term in terms:
-            row[f"loss_{term}"] = sums[term] / n_steps if term in sums else float("nan")
-        score, payload = None, None
-        if evaluate is not None:
-            module.eval()
-            with torch.no_grad():
-                columns, score, payload = evaluate(epoch + 1)
-            module.train()
-            row.update(columns)
+        row = _train_epoch(epoch, batches(epoch), forward, loss, optimizer, lr=lr,
+                           warmup_epochs=warmup_epochs, terms=terms, device=device, cast=cast,
+                           scaler=scaler)
+        columns, score, payload = _evaluate(module, evaluate, epoch + 1)
+        row.update(columns)
         elapsed += time.perf_counter() - t0
         row["seconds"] = elapsed
         history.append(row)
         if score is None or score > best["score"]:
             best = {"epoch": epoch + 1, "score": -math.inf if score is None else score,
                     "state": _state_copy(module), "payload": payload}
-        last = epoch + 1 == epochs
-        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or last):
-            atomic_torch_save(
-                {"identity": identity, "epoch": epoch + 1, "module": _state_copy(module),
-                 "optimizer": optimizer.state_dict(), "rng": _rng_state(), "history": history,
-                 "best": best, "seconds": elapsed},
-                checkpoint,
-            )
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            _save_checkpoint(checkpoint, identity, epoch + 1, module, optimizer, history, best,
+                             elapsed)
         if on_epoch_end is not None:
             on_epoch_end(row)
     if not history:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,16 @@ from torch import nn
 
 from hcld_lib.analysis.clustering import cluster_pseudo_labels
 from hcld_lib.data.labels import emotion_order
+from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.normalizer import FeatureNormalizer
-from hcld_lib.features.resident import fold_features
+from hcld_lib.features.resident import FoldFeatures, fold_features
 from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json
 from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.fit import Batches, fit
+from hcld_lib.training.fit import Batches, FitResult, fit
 from hcld_lib.training.run import fold_split
 
 PRETRAIN_TERMS: tuple[str, ...] = ("cluster", "speaker_ce", "with_positive")
@@ -103,6 +105,172 @@ def history_file(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".json")
 
 
+def _checkpoint_file(out_path: Path) -> Path:
+    """The resumable checkpoint beside a pretrained file while it trains."""
+    return out_path.with_name(out_path.name + ".ckpt")
+
+
+@dataclass
+class _PseudoLabelled:
+    """What pretraining sees of the fold: its training rows that carry a pseudo-label."""
+
+    cache: FeatureCache
+    table: pd.DataFrame
+    rows: np.ndarray
+    """[M] table rows: the fold's training part where the pseudo-label is ``>= 0``."""
+    pseudo: np.ndarray
+    """[M] their pseudo-labels (int64)."""
+    speaker_names: np.ndarray
+    """[S] their speakers, sorted."""
+    speaker: np.ndarray
+    """[M] each row's index in ``speaker_names`` (int64)."""
+    device: torch.device
+    features: FoldFeatures
+    """Position m = table row ``rows[m]``, normalised with the statistics of ``rows``."""
+
+
+def _pseudo_labelled(config: RunConfig, pseudo_labels: np.ndarray) -> _PseudoLabelled:
+    """The pseudo-labelled training rows of ``config``'s fold, seeded by ``config.seed``.
+
+    Raises:
+        HcldError: ``pseudo_labels`` is not ``[N]`` over the cache's table, or fewer than two
+            training rows carry a label.
+    """
+    cache, table, fold, cache_row = fold_split(config)
+    pseudo_labels = np.asarray(pseudo_labels)
+    if pseudo_labels.shape != (len(table),):
+        raise HcldError(
+            f"pseudo_labels has shape {pseudo_labels.shape}, expected ({len(table)},) = one label "
+            f"per row of the cache's table ({config.features}); build it with fold_pseudo_labels"
+        )
+    rows = fold.train[pseudo_labels[fold.train] >= 0]
+    if len(rows) < 2:
+        raise HcldError(f"only {len(rows)} training utterances of fold {config.fold} carry a "
+                        "pseudo-label; build them with fold_pseudo_labels for this fold")
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    pseudo = pseudo_labels[rows].astype(np.int64)
+    speaker_names, spk = np.unique(table["speaker"].astype(str).to_numpy()[rows],
+                                   return_inverse=True)
+    normalizer = FeatureNormalizer().fit(cache, cache_row[rows])
+    features = fold_features(cache, cache_row[rows], normalizer, config.frame_stride,
+                             config.max_frames, device, config.resident)
+    return _PseudoLabelled(cache, table, rows, pseudo, speaker_names, spk.astype(np.int64),
+                           device, features)
+
+
+def _cluster_sampler(config: RunConfig, data: _PseudoLabelled) -> ContrastiveBatchSampler:
+    """Batches of ``data``'s positions with the pseudo-labels in place of the emotions: every
+    anchor has a positive (same cluster) and a same-speaker negative. Warns (for the caller of
+    :func:`pretrain_emotion_encoder`) of utterances alone in their cluster."""
+    _, inverse, counts = np.unique(data.pseudo, return_inverse=True, return_counts=True)
+    alone = int(np.sum(counts[inverse] < 2))
+    if alone:
+        warnings.warn(
+            f"pretraining fold {config.fold}: {alone} of {len(data.rows)} utterances are alone "
+            "in their intra-speaker cluster; they have no positive and serve as negatives only",
+            stacklevel=3,
+        )
+    with warnings.catch_warnings():
+        # the sampler's own warning speaks of emotions; the pseudo-labels stand in for them here
+        warnings.simplefilter("ignore", UserWarning)
+        return ContrastiveBatchSampler(data.pseudo, data.speaker, config.batch_size,
+                                       seed=config.seed, need=("emotion", "speaker_emotion"))
+
+
+def _emotion_path_module(config: RunConfig, data: _PseudoLabelled, speaker_ce: bool
+                         ) -> tuple[DualBranchModel, nn.ModuleDict]:
+    """``config``'s model (no speaker branch) and what is trained of it, on ``data.device``:
+    ``{"path": the emotion path}``, with ``speaker_ce`` also ``"speaker_head"`` (E -> S)."""
+    model = DualBranchModel(
+        input_dim=int(data.cache.feature_dim),
+        n_emotions=max(2, len(emotion_order(data.table["emotion"]))),
+        n_speakers=len(data.speaker_names), emotion_arch=config.emotion_arch,
+        embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, n_layers=config.n_layers,
+        dropout=config.dropout, n_heads=config.n_heads, n_layers_in=int(data.cache.n_layers),
+        speaker_branch=False, branches=config.branches,
+    )
+    parts = {"path": model.emotion_path()}
+    if speaker_ce:
+        parts["speaker_head"] = nn.Linear(config.embed_dim, len(data.speaker_names))
+    return model, nn.ModuleDict(parts).to(data.device)
+
+
+def _cluster_task(
+    model: DualBranchModel,
+    module: nn.ModuleDict,
+    data: _PseudoLabelled,
+    sampler: ContrastiveBatchSampler,
+    tau: float,
+    other_speakers_negative: bool,
+    speaker_ce: bool,
+    w_speaker: float,
+) -> tuple[Callable[[int], Batches], Callable[..., Any], Callable[..., Any]]:
+    """:func:`fit`'s ``batches``, ``forward`` and ``loss``:
+    ``L = L_cluster + w_spk CE(W X_e, speaker)``, the second term with ``speaker_ce``."""
+    # the pseudo-labels stand in for the emotions: emotion labels stay hidden
+    cluster_t = torch.as_tensor(data.pseudo, device=data.device)
+    speaker_t = torch.as_tensor(data.speaker, device=data.device)
+
+    def make_batch(positions: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(positions, device=data.device, dtype=torch.long)
+        x, lengths = data.features.gather(idx)
+        return {"x": x, "lengths": lengths, "cluster": cluster_t[idx], "speaker": speaker_t[idx]}
+
+    def batches(epoch: int) -> Batches:
+        return Batches(sampler.batches(epoch), make_batch)
+
+    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        return model(batch["x"], batch["lengths"])
+
+    def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
+        b_spk, b_cl = batch["speaker"], batch["cluster"]
+        l_cluster = cluster_contrastive_loss(out["x_e"], b_spk, b_cl, tau,
+                                             other_speakers_negative)
+        pos, _ = cluster_pairs(b_spk, b_cl, other_speakers_negative)
+        terms: dict[str, Any] = {"cluster": l_cluster,
+                                 "with_positive": float(pos.any(dim=1).float().mean())}
+        total = l_cluster
+        if speaker_ce:
+            terms["speaker_ce"] = F.cross_entropy(module["speaker_head"](out["x_e"]), b_spk)
+            total = total + w_speaker * terms["speaker_ce"]
+        return total, terms
+
+    return batches, forward, loss
+
+
+def _pretrain_meta(config: RunConfig, data: _PseudoLabelled, epochs: int, tau: float,
+                   speaker_ce: bool, w_speaker: float, other_speakers_negative: bool
+                   ) -> dict[str, Any]:
+    """The settings saved with the result (and, with the pseudo-labels, its identity)."""
+    return {
+        "arch": config.emotion_arch, "branches": config.branches,
+        "input_dim": int(data.cache.feature_dim), "n_layers_in": int(data.cache.n_layers),
+        "embed_dim": config.embed_dim, "hidden_dim": config.hidden_dim,
+        "n_layers": config.n_layers, "n_heads": config.n_heads, "features": str(config.features),
+        "fold": config.fold, "protocol": config.protocol, "seed": config.seed,
+        "epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "temperature": tau,
+        "speaker_ce": bool(speaker_ce), "w_speaker": w_speaker,
+        "other_speakers_negative": bool(other_speakers_negative),
+        "n_utterances": int(len(data.rows)), "n_pseudo_labels": int(len(np.unique(data.pseudo))),
+        "n_speakers": int(len(data.speaker_names)),
+    }
+
+
+def _save_pretrained(out_path: Path, model: DualBranchModel, meta: dict[str, Any],
+                     result: FitResult) -> dict[str, Any]:
+    """Write ``<out_path>.json`` (``meta`` with the seconds, and the history), then ``out_path``
+    (the emotion path's state of ``model``, and ``meta``); drop the checkpoint. Returns what
+    :func:`pretrain_emotion_encoder` returns."""
+    meta["seconds"] = round(result.seconds, 3)
+    # history first, weights last: an existing out_path always has its record beside it
+    atomic_write_json(history_file(out_path), {"meta": meta, "history": result.history})
+    atomic_torch_save({"emotion_path": model.emotion_state(), "meta": meta}, out_path)
+    _checkpoint_file(out_path).unlink(missing_ok=True)
+    return {"path": out_path, "history": pd.DataFrame(result.history), "skipped": False,
+            "meta": meta}
+
+
 def pretrain_emotion_encoder(
     config: RunConfig,
     pseudo_labels: np.ndarray,
@@ -148,113 +316,29 @@ def pretrain_emotion_encoder(
     tau = config.temperature if temperature is None else float(temperature)
     if epochs < 1:
         raise HcldError(f"epochs={epochs}: pretraining needs at least one epoch")
-
-    cache, table, fold, cache_row = fold_split(config)
-    pseudo_labels = np.asarray(pseudo_labels)
-    if pseudo_labels.shape != (len(table),):
-        raise HcldError(
-            f"pseudo_labels has shape {pseudo_labels.shape}, expected ({len(table)},) = one label "
-            f"per row of the cache's table ({config.features}); build it with fold_pseudo_labels"
-        )
-    rows = fold.train[pseudo_labels[fold.train] >= 0]
-    if len(rows) < 2:
-        raise HcldError(f"only {len(rows)} training utterances of fold {config.fold} carry a "
-                        "pseudo-label; build them with fold_pseudo_labels for this fold")
-    set_seed(config.seed)
-    device = resolve_device(config.device)
-    pseudo = pseudo_labels[rows].astype(np.int64)
-    speaker_names, spk = np.unique(table["speaker"].astype(str).to_numpy()[rows],
-                                   return_inverse=True)
-    spk = spk.astype(np.int64)
-    normalizer = FeatureNormalizer().fit(cache, cache_row[rows])
-    features = fold_features(cache, cache_row[rows], normalizer, config.frame_stride,
-                             config.max_frames, device, config.resident)
-    _, inverse, counts = np.unique(pseudo, return_inverse=True, return_counts=True)
-    alone = int(np.sum(counts[inverse] < 2))
-    if alone:
-        warnings.warn(
-            f"pretraining fold {config.fold}: {alone} of {len(rows)} utterances are alone in their "
-            "intra-speaker cluster; they have no positive and serve as negatives only",
-            stacklevel=2,
-        )
-    with warnings.catch_warnings():
-        # the sampler's own warning speaks of emotions; the pseudo-labels stand in for them here
-        warnings.simplefilter("ignore", UserWarning)
-        sampler = ContrastiveBatchSampler(pseudo, spk, config.batch_size, seed=config.seed,
-                                          need=("emotion", "speaker_emotion"))
-    model = DualBranchModel(
-        input_dim=int(cache.feature_dim), n_emotions=max(2, len(emotion_order(table["emotion"]))),
-        n_speakers=len(speaker_names), emotion_arch=config.emotion_arch,
-        embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, n_layers=config.n_layers,
-        dropout=config.dropout, n_heads=config.n_heads, n_layers_in=int(cache.n_layers),
-        speaker_branch=False, branches=config.branches,
-    )
-    parts = {"path": model.emotion_path()}
-    if speaker_ce:
-        parts["speaker_head"] = nn.Linear(config.embed_dim, len(speaker_names))
-    module = nn.ModuleDict(parts).to(device)
-
-    # the pseudo-labels stand in for the emotions: emotion labels stay hidden
-    cluster_t = torch.as_tensor(pseudo, device=device)
-    speaker_t = torch.as_tensor(spk, device=device)
-
-    def make_batch(positions: list[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(positions, device=device, dtype=torch.long)
-        x, lengths = features.gather(idx)
-        return {"x": x, "lengths": lengths, "cluster": cluster_t[idx], "speaker": speaker_t[idx]}
-
-    def batches(epoch: int) -> Batches:
-        return Batches(sampler.batches(epoch), make_batch)
-
-    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        return model(batch["x"], batch["lengths"])
-
-    def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
-        b_spk, b_cl = batch["speaker"], batch["cluster"]
-        l_cluster = cluster_contrastive_loss(out["x_e"], b_spk, b_cl, tau,
-                                             other_speakers_negative)
-        pos, _ = cluster_pairs(b_spk, b_cl, other_speakers_negative)
-        terms: dict[str, Any] = {"cluster": l_cluster,
-                                 "with_positive": float(pos.any(dim=1).float().mean())}
-        total = l_cluster
-        if speaker_ce:
-            terms["speaker_ce"] = F.cross_entropy(module["speaker_head"](out["x_e"]), b_spk)
-            total = total + w_speaker * terms["speaker_ce"]
-        return total, terms
+    data = _pseudo_labelled(config, pseudo_labels)
+    sampler = _cluster_sampler(config, data)
+    model, module = _emotion_path_module(config, data, speaker_ce)
+    batches, forward, loss = _cluster_task(model, module, data, sampler, tau,
+                                           other_speakers_negative, speaker_ce, w_speaker)
 
     def report(row: dict[str, Any]) -> None:
         if verbose:
             print(f"[pretrain fold {config.fold}] ep {row['epoch']}/{epochs} "
                   f"cluster {row['loss_cluster']:.4f} total {row['loss']:.4f}", flush=True)
 
-    meta = {
-        "arch": config.emotion_arch, "branches": config.branches,
-        "input_dim": int(cache.feature_dim), "n_layers_in": int(cache.n_layers),
-        "embed_dim": config.embed_dim, "hidden_dim": config.hidden_dim,
-        "n_layers": config.n_layers, "n_heads": config.n_heads, "features": str(config.features),
-        "fold": config.fold, "protocol": config.protocol, "seed": config.seed,
-        "epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "temperature": tau,
-        "speaker_ce": bool(speaker_ce), "w_speaker": w_speaker,
-        "other_speakers_negative": bool(other_speakers_negative),
-        "n_utterances": int(len(rows)), "n_pseudo_labels": int(len(np.unique(pseudo))),
-        "n_speakers": int(len(speaker_names)),
-    }
-    ckpt = out_path.with_name(out_path.name + ".ckpt")
+    meta = _pretrain_meta(config, data, epochs, tau, speaker_ce, w_speaker,
+                          other_speakers_negative)
     result = fit(
         module, batches, forward, loss, epochs=epochs, lr=config.lr,
         warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
-        terms=PRETRAIN_TERMS, checkpoint=ckpt, checkpoint_every=config.checkpoint_every,
-        identity={**meta, "pseudo_labels": pseudo.tolist()}, on_epoch_end=report,
-        device=device, amp=config.amp,
+        terms=PRETRAIN_TERMS, checkpoint=_checkpoint_file(out_path),
+        checkpoint_every=config.checkpoint_every,
+        identity={**meta, "pseudo_labels": data.pseudo.tolist()}, on_epoch_end=report,
+        device=data.device, amp=config.amp,
     )
     module.load_state_dict(result.best_state)
-    meta["seconds"] = round(result.seconds, 3)
-    # history first, weights last: an existing out_path always has its record beside it
-    atomic_write_json(side, {"meta": meta, "history": result.history})
-    atomic_torch_save({"emotion_path": model.emotion_state(), "meta": meta}, out_path)
-    ckpt.unlink(missing_ok=True)
-    return {"path": out_path, "history": pd.DataFrame(result.history), "skipped": False,
-            "meta": meta}
+    return _save_pretrained(out_path, model, meta, result)
 
 
 def pretraining_history(path: str | os.PathLike) -> pd.DataFrame:

@@ -36,19 +36,14 @@ from hcld_lib.data.splits import Fold, make_folds
 from hcld_lib.features.cache import FeatureCache, open_cache
 from hcld_lib.features.normalizer import FeatureNormalizer
 from hcld_lib.features.resident import FoldFeatures, fold_features
-from hcld_lib.io import (
-    HcldError,
-    atomic_save_npz,
-    atomic_torch_save,
-    atomic_write_json,
-)
+from hcld_lib.io import HcldError, atomic_save_npz, atomic_torch_save, atomic_write_json
 from hcld_lib.method.anchors import LabelAnchors
 from hcld_lib.method.losses import objective
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.fit import Batches, fit
+from hcld_lib.training.fit import Batches, Evaluation, fit
 from hcld_lib.training.log import RunLog
 
 LOSS_TERMS: tuple[str, ...] = (
@@ -173,19 +168,12 @@ def model_kwargs(config: RunConfig, data: FoldData, n_speakers: int | None = Non
                  ) -> dict[str, Any]:
     """The arguments of :class:`DualBranchModel` for ``config`` on ``data``'s cache."""
     return dict(
-        input_dim=int(data.cache.feature_dim),
-        n_emotions=len(data.emotion_labels),
+        input_dim=int(data.cache.feature_dim), n_emotions=len(data.emotion_labels),
         n_speakers=len(data.speaker_labels) if n_speakers is None else n_speakers,
-        emotion_arch=config.emotion_arch,
-        speaker_arch=config.speaker_arch_resolved,
-        embed_dim=config.embed_dim,
-        hidden_dim=config.hidden_dim,
-        n_layers=config.n_layers,
-        dropout=config.dropout,
-        n_heads=config.n_heads,
-        n_layers_in=int(data.cache.n_layers),
-        speaker_branch=bool(config.speaker_branch),
-        branches=config.branches,
+        emotion_arch=config.emotion_arch, speaker_arch=config.speaker_arch_resolved,
+        embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, n_layers=config.n_layers,
+        dropout=config.dropout, n_heads=config.n_heads, n_layers_in=int(data.cache.n_layers),
+        speaker_branch=bool(config.speaker_branch), branches=config.branches,
     )
 
 
@@ -305,54 +293,16 @@ def _progress_line(config: RunConfig, row: dict[str, Any]) -> str:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def train_run(
-    config: RunConfig,
-    verbose: bool = False,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train one run and write its results to ``config.out_dir/<config.resolved_run_name>/``.
-
-    Args:
-        config: the run (see :class:`hcld_lib.training.config.RunConfig`).
-        verbose: print one compact line per epoch.
-        on_epoch_end: called as ``on_epoch_end(epoch, history_row)`` after each epoch (epochs
-            count from 1).
-    Returns:
-        The content of ``metrics.json``: ``config``, ``identity``, ``run_name``, ``fold``,
-        ``protocol``, ``selected_epoch``, ``val`` / ``test`` / ``speaker_test`` (each
-        ``{"emotion": metrics, "speaker": metrics or None, "n": N}``, metrics from
-        :func:`hcld_lib.analysis.metrics.classification_metrics`), ``best_on_test``
-        (optimistic), ``n_train`` / ``n_val`` / ``n_test`` / ``n_speaker_test``,
-        ``emotion_labels``, ``speaker_labels``, ``seconds``. A finished run is returned at once.
-    Raises:
-        HcldError: the run folder holds a run with other settings, or bad settings.
-    """
-    run_dir = Path(config.out_dir) / config.resolved_run_name
-    metrics_path = run_dir / "metrics.json"
-    ckpt_path = run_dir / "checkpoint.pt"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("identity") not in (None, json.loads(json.dumps(config.identity()))):
-            raise HcldError(f"{run_dir} holds a finished run with other settings than this one; "
-                            "delete the folder (or `make clean-runs`) to train this run")
-        ckpt_path.unlink(missing_ok=True)
-        return metrics
-    set_seed(config.seed)
-    device = resolve_device(config.device)
-    data = prepare_fold(config)
-    model, anchors = build_model(config, data)
-    module = nn.ModuleDict({"model": model} | ({"anchors": anchors} if anchors else {}))
-    module.to(device)
-    if config.init_emotion_encoder and not ckpt_path.is_file():
-        load_pretrained(model, config.init_emotion_encoder)
-
-    features = data.features(device)
+def _fit_functions(config: RunConfig, data: FoldData, model: DualBranchModel,
+                   anchors: LabelAnchors | None, features: FoldFeatures,
+                   sampler: ContrastiveBatchSampler, same_test: bool, device: torch.device
+                   ) -> tuple[Callable[[int], Batches], Callable[..., Any], Callable[..., Any],
+                              Callable[[int], Evaluation]]:
+    """:func:`fit`'s ``batches`` (``sampler`` over ``data.train``), ``forward``, ``loss``
+    (:func:`hcld_lib.method.losses.objective` with ``config``'s weights) and ``evaluate``
+    (payload: the :func:`split_metrics` of :data:`SPLITS`; columns: WA / UA; score: val UA)."""
     emotion = torch.tensor(data.emotion, device=device)
     speaker = torch.tensor(data.speaker, device=device)
-    sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
-                                      config.batch_size, seed=config.seed,
-                                      need=sampler_needs(config))
-    same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
     losses = config.loss_settings()
 
     def make_batch(positions: np.ndarray) -> dict[str, torch.Tensor]:
@@ -385,6 +335,57 @@ def train_run(
         val = metrics["val"]["emotion"]
         return columns, (val["ua"] if val else None), metrics
 
+    return batches, forward, loss, evaluate
+
+
+def train_run(
+    config: RunConfig,
+    verbose: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one run and write its results to ``config.out_dir/<config.resolved_run_name>/``.
+
+    Args:
+        config: the run (see :class:`hcld_lib.training.config.RunConfig`).
+        verbose: print one compact line per epoch.
+        on_epoch_end: called as ``on_epoch_end(epoch, history_row)`` after each epoch (epochs
+            count from 1).
+    Returns:
+        The content of ``metrics.json``: ``config``, ``identity``, ``run_name``, ``fold``,
+        ``protocol``, ``selected_epoch``, ``val`` / ``test`` / ``speaker_test`` (each
+        ``{"emotion": metrics, "speaker": metrics or None, "n": N}``, metrics from
+        :func:`hcld_lib.analysis.metrics.classification_metrics`), ``best_on_test``
+        (optimistic), ``n_train`` / ``n_val`` / ``n_test`` / ``n_speaker_test``,
+        ``emotion_labels``, ``speaker_labels``, ``seconds``. A finished run is returned at once.
+    Raises:
+        HcldError: the run folder holds a run with other settings, or bad settings.
+    """
+    run_dir = Path(config.out_dir) / config.resolved_run_name
+    metrics_path = run_dir / "metrics.json"
+    ckpt_path = run_dir / "checkpoint.pt"
+    if metrics_path.is_file():  # finished: never trained again
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get("identity") not in (None, json.loads(json.dumps(config.identity()))):
+            raise HcldError(f"{run_dir} holds a finished run with other settings than this one; "
+                            "delete the folder (or `make clean-runs`) to train this run")
+        ckpt_path.unlink(missing_ok=True)
+        return metrics
+    set_seed(config.seed)
+    device = resolve_device(config.device)
+    data = prepare_fold(config)
+    model, anchors = build_model(config, data)
+    module = nn.ModuleDict({"model": model} | ({"anchors": anchors} if anchors else {}))
+    module.to(device)
+    if config.init_emotion_encoder and not ckpt_path.is_file():
+        load_pretrained(model, config.init_emotion_encoder)
+
+    features = data.features(device)
+    sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
+                                      config.batch_size, seed=config.seed,
+                                      need=sampler_needs(config))
+    same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
+    batches, forward, loss, evaluate = _fit_functions(config, data, model, anchors, features,
+                                                      sampler, same_test, device)
     done = (torch.load(ckpt_path, map_location="cpu", weights_only=False)["history"]
             if ckpt_path.is_file() else [])  # the rows of the epochs before the checkpoint
     log = RunLog(run_dir, done, config.checkpoint_every,
@@ -406,7 +407,6 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
     """Write the selected epoch's embeddings, model and metrics (metrics.json last)."""
     model = module["model"]
     arrays: dict[str, np.ndarray] = {}
-    table = data.table
     for prefix, name in [("", "test")] + ([] if same_test else [("spk_", "speaker_test")]):
         rows = data.split_rows(name)
         if len(rows) == 0:
@@ -416,7 +416,7 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
         if pred["x_s"] is not None:
             arrays[prefix + "x_s"] = pred["x_s"].astype(np.float32)
         for column in ("emotion", "speaker", "utterance_id"):
-            arrays[prefix + column] = table[column].astype(str).to_numpy()[rows].astype(str)
+            arrays[prefix + column] = data.table[column].astype(str).to_numpy()[rows].astype(str)
         arrays[prefix + "emotion_pred"] = np.asarray(data.emotion_labels)[pred["emotion_pred"]]
         arrays[prefix + "split"] = np.full(len(rows), name)
     atomic_save_npz(run_dir / "embeddings.npz", **arrays)
@@ -436,32 +436,23 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
     test_ua = [h["test_emotion_ua"] for h in result.history]
     best_test = int(np.nanargmax(test_ua)) if not all(map(math.isnan, test_ua)) else None
     metrics = {
-        "config": config.to_dict(),
-        "identity": config.identity(),
-        "run_name": config.resolved_run_name,
-        "fold": int(fold.index),
-        "protocol": config.protocol,
+        "config": config.to_dict(), "identity": config.identity(),
+        "run_name": config.resolved_run_name, "fold": int(fold.index), "protocol": config.protocol,
         "selected_epoch": result.best_epoch,
         "selection": "highest validation emotion UA (earlier epoch on ties)"
         if len(fold.val) else "last epoch (the fold has no validation part)",
-        "val": best["val"],
-        "test": best["test"],
-        "speaker_test": best["speaker_test"],
+        "val": best["val"], "test": best["test"], "speaker_test": best["speaker_test"],
         "best_on_test": {
             "emotion_ua": None if best_test is None else float(test_ua[best_test]),
             "epoch": None if best_test is None else best_test + 1,
             "note": "optimistic: the epoch is chosen on the test set itself; report the "
                     "selected epoch's test metrics instead",
         },
-        "n_train": int(len(data.train)),
-        "n_train_fold": int(len(fold.train)),
-        "n_val": int(len(fold.val)),
-        "n_test": int(len(fold.test)),
+        "n_train": int(len(data.train)), "n_train_fold": int(len(fold.train)),
+        "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
         "n_speaker_test": int(len(fold.speaker_test)),
-        "emotion_labels": data.emotion_labels,
-        "speaker_labels": data.speaker_labels,
-        "device": str(device),
-        "epochs_trained": len(result.history),
+        "emotion_labels": data.emotion_labels, "speaker_labels": data.speaker_labels,
+        "device": str(device), "epochs_trained": len(result.history),
         "seconds": round(result.seconds, 3),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
