@@ -19,6 +19,7 @@ def _cache(x: np.ndarray, lengths: list[int]) -> SimpleNamespace:
 
 
 IDENTITY = FeatureNormalizer(np.zeros(2, np.float32), np.ones(2, np.float32))
+IDENTITY_3 = FeatureNormalizer(np.zeros(3, np.float32), np.ones(3, np.float32))
 
 
 def test_pooling_averages_valid_frames_only_by_hand():
@@ -67,3 +68,36 @@ def test_resident_and_memmap_batches_are_identical(stride):
     full, _ = prepare_rows(cache, rows, norm, stride)
     a, la = resident.gather([1])  # position 1 = cache row 0
     np.testing.assert_array_equal(a[0].numpy(), full[1, : int(la[0])])
+
+
+def test_auto_keeps_float32_then_float16_then_falls_back_to_the_memmap_with_a_warning(
+        monkeypatch):
+    """``resident="auto"`` keeps the fold in float32 when it takes at most half the free memory,
+    in float16 when only that fits, and otherwise reads batches from the memmap, saying so."""
+    import hcld_lib.features.resident as resident_mod
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 6, 3)).astype(np.float32)
+    cache = _cache(x, [6, 6, 6, 6])
+    rows = np.arange(4)
+    need = 4 * 6 * 3 * 4  # rows x frames x dims x float32 bytes
+    reference = FoldFeatures(cache, rows, IDENTITY_3, 1, None, "cpu", resident="on")
+
+    def with_free(free: int) -> FoldFeatures:
+        monkeypatch.setattr(resident_mod, "_free_bytes", lambda device: free)
+        return FoldFeatures(cache, rows, IDENTITY_3, 1, None, "cpu", resident="auto")
+
+    roomy = with_free(2 * need)
+    assert roomy.resident and roomy.dtype == torch.float32 and roomy.nbytes == need
+    half = with_free(need)  # half of it is the budget: only float16 fits
+    assert half.resident and half.dtype == torch.float16 and half.nbytes == need // 2
+    with pytest.warns(UserWarning, match="do not fit in half of the free memory of cpu"):
+        tight = with_free(need // 2)
+    assert not tight.resident and tight.nbytes == 0
+    for features in (roomy, half, tight):
+        a, la = features.gather([2, 0])
+        b, lb = reference.gather([2, 0])
+        assert a.dtype == torch.float32 and torch.equal(la, lb)
+        # the cache holds float16: its values survive the float16 copy unchanged
+        assert torch.equal(a, b)
+
