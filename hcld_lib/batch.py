@@ -34,6 +34,7 @@ from pathlib import Path
 import nbformat
 
 from hcld_lib.experiments.engine import ray_session
+from hcld_lib.experiments.params import KNOBS
 from hcld_lib.experiments.params import profile as get_profile
 from hcld_lib.io import HcldError, atomic_write_text
 
@@ -83,6 +84,18 @@ def check_parameters(paths: list[Path], parameters: dict[str, object]) -> None:
         )
 
 
+def batch_parameters(paths: list[Path], profile: str, parameters: dict[str, object]
+                     ) -> dict[str, object]:
+    """The parameters every notebook of ``paths`` gets: ``profile`` and ``parameters``, checked
+    by :func:`check_parameters`. A chapter's own parameter (03's ``variant``, ...) makes other
+    figures than the committed ones, so it also sets ``figures_dir=None`` unless given."""
+    params = {"profile": profile, **parameters}
+    check_parameters(paths, params)
+    if set(params) - set(KNOBS) and "figures_dir" not in params:
+        params["figures_dir"] = None
+    return params
+
+
 def _execute(path: Path, output: Path, params: dict[str, object], kernel: str,
              timeout: int) -> float:
     """Run one notebook through papermill in its own process; return its seconds."""
@@ -120,8 +133,7 @@ def run_batch(
     """
     threads = get_profile(profile).threads if threads is None else threads
     paths = notebook_paths(REPO / "notebooks", only)
-    params = {"profile": profile, **(parameters or {})}
-    check_parameters(paths, params)
+    params = batch_parameters(paths, profile, parameters or {})
     out_dir = out_dir or REPO / "runs" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads is not None:

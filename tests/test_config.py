@@ -110,7 +110,9 @@ def test_profiles_separate_corpus_run_and_grid_settings():
 def test_setup_reads_the_knobs_of_a_namespace_and_names_the_experiment(tmp_path):
     exp = setup({"profile": "quick", "folds": 3, "seeds": [0, 1], "unrelated": 1},
                 work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
-    assert exp.folds == [0, 1, 2] and exp.seeds == [0, 1] and exp.is_default
+    assert exp.folds == [0, 1, 2] and exp.seeds == [0, 1]
+    assert not exp.is_default  # three folds and two seeds are not the committed figures
+    assert setup({"profile": "quick", "unrelated": 1}, work_dir=str(tmp_path / "w")).is_default
     assert exp.name == "synthetic-n600-seed0__fbank__paper__quick"
     assert exp.results_dir == tmp_path / "r" / exp.name
     other = setup(protocol="loso", overrides={"embed_dim": 32}, work_dir=str(tmp_path))
@@ -120,3 +122,28 @@ def test_setup_reads_the_knobs_of_a_namespace_and_names_the_experiment(tmp_path)
         setup(overrides={"embed_dimm": 32})
     with pytest.raises(HcldError, match="needs iemocap_root"):
         setup(dataset="iemocap")
+
+
+@pytest.mark.parametrize("knob, value", [("folds", 2), ("seeds", [1]), ("epochs", 1),
+                                         ("variants", ["hcld"]), ("archs", ["cnn"]),
+                                         ("n_utterances", 100), ("seed", 3),
+                                         ("protocol", "loso"), ("overrides", {"lr": 0.1})])
+def test_only_the_default_experiment_writes_the_committed_figures(tmp_path, knob, value):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    folders = dict(work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
+    default = setup(figures_dir=str(tmp_path / "f"), **folders)
+    assert default.save_figure(fig, "x") == default.results_dir / "x.png"
+    assert (tmp_path / "f" / "x.png").read_bytes() == (default.results_dir / "x.png").read_bytes()
+    other = setup(figures_dir=str(tmp_path / "g"), **folders, **{knob: value})
+    other.save_figure(fig, "x")
+    assert (other.results_dir / "x.png").is_file() and not (tmp_path / "g").exists()
+    quiet = setup(figures_dir=None, **folders)
+    assert quiet.is_default and quiet.figures_dir is None
+    quiet.save_figure(fig, "y")
+    assert not (tmp_path / "f" / "y.png").exists()
+    plt.close(fig)

@@ -18,8 +18,10 @@ when any). Its folders, under the work and results folders::
     work_dir/runs/<experiment>-<hash>/<run>/   training runs (the hash: every run setting)
     results_dir/<experiment>/                  its figures and tables, and report.md
 
-The default experiment (the quick profile on the embedded corpus, no overrides) also writes its
-figures to ``figures_dir`` (``figures/``, committed); no other experiment touches it.
+The default experiment (the quick profile on the embedded corpus, every knob of :data:`SHAPING`
+at its default) also writes its figures to ``figures_dir`` (``figures/``, committed); no other
+experiment touches it, and neither does a batch given a chapter's own parameter (e.g. ``variant``
+of chapter 03: :func:`hcld_lib.batch.run_batch` then sets ``figures_dir=None``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ KNOBS: dict[str, Any] = dict(
     ray_address=None,
 )
 
+#: The knobs that change what is computed: the default experiment has each at its default.
+SHAPING: tuple[str, ...] = (
+    "dataset", "iemocap_root", "manifest", "backbone", "protocol", "folds", "seeds", "epochs",
+    "variants", "archs", "n_utterances", "seed", "overrides",
+)
+
 
 def profile(name: str) -> Profile:
     """The profile called ``name``; an unknown name is an error listing the known ones."""
@@ -163,9 +171,11 @@ class Experiment:
     overrides: dict[str, Any]
     work_dir: Path
     results_root: Path
-    figures_dir: Path
+    figures_dir: Path | None
+    """Where the default experiment's figures also go (``None``: nowhere but its folder)."""
     name: str
     is_default: bool
+    """Every knob that shapes a result (:data:`SHAPING`) at its default, on the quick profile."""
     knobs: dict[str, Any] = field(default_factory=dict)
     """The knobs as given (``None`` = left to the profile)."""
     _table: pd.DataFrame | None = field(default=None, repr=False)
@@ -319,7 +329,7 @@ class Experiment:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
         path = atomic_write_bytes(self.results_dir / f"{name}.png", buf.getvalue())
-        if self.is_default:
+        if self.is_default and self.figures_dir is not None:
             atomic_write_bytes(self.figures_dir / f"{name}.png", buf.getvalue())
         return path
 
@@ -384,9 +394,7 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     name = f"{corpus}__{slug(backbone)}__{run['protocol']}__{given['profile']}"
     if overrides:
         name += f"__{short_hash(overrides)}"
-    default = (given["profile"] == "quick" and dataset == "synthetic" and not overrides
-               and all(given[k] == KNOBS[k] for k in ("backbone", "protocol", "epochs",
-                                                       "n_utterances", "seed")))
+    default = given["profile"] == "quick" and all(given[k] == KNOBS[k] for k in SHAPING)
     return Experiment(
         profile=given["profile"], dataset=dataset, backbone=backbone, protocol=run["protocol"],
         corpus_name=corpus, folds=list(range(n_run)), seeds=seeds,
@@ -401,6 +409,7 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
         run_settings=run, overrides=overrides,
         work_dir=Path(given["work_dir"]).expanduser().absolute(),
         results_root=Path(given["results_dir"]).expanduser().absolute(),
-        figures_dir=Path(given["figures_dir"]).expanduser().absolute(),
+        figures_dir=(Path(given["figures_dir"]).expanduser().absolute()
+                     if given["figures_dir"] else None),
         name=name, is_default=default, knobs=given,
     )
