@@ -36,3 +36,71 @@ def all_layer_cache(root: Path, n_utterances: int = 48):
     table = synthesize_corpus(root / "corpus", n_utterances=n_utterances, seed=1)
     return extract_features(table, f"hf:{folder}", root / "cache", max_seconds=1.0,
                             layer="all", progress=False)
+
+
+class FakeHub:
+    """Stands in for the Hugging Face Hub: ``hf_hub_download`` / ``snapshot_download`` copy files
+    of a local model folder into the real cache layout (``models--owner--name/snapshots/<commit>``,
+    ``refs/main``), so transformers resolves them as it would after a download; nothing touches
+    the network. ``calls`` records (repo_id, filename or patterns, local_files_only)."""
+
+    COMMIT = "0" * 40
+
+    def __init__(self, repo_id: str, folder: Path) -> None:
+        self.repo_id, self.folder, self.calls = repo_id, Path(folder), []
+
+    def _snapshot(self, cache_dir: str | None) -> Path:
+        from huggingface_hub import constants
+
+        root = Path(cache_dir or constants.HF_HUB_CACHE) / (
+            "models--" + self.repo_id.replace("/", "--"))
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / "main").write_text(self.COMMIT)
+        return root / "snapshots" / self.COMMIT
+
+    def _copy(self, name: str, cache_dir: str | None) -> str:
+        import shutil
+
+        from huggingface_hub.errors import EntryNotFoundError
+
+        snapshot = self._snapshot(cache_dir)
+        if not (self.folder / name).is_file():
+            missing = snapshot.parent.parent / ".no_exist" / self.COMMIT / name
+            missing.parent.mkdir(parents=True, exist_ok=True)
+            missing.touch()
+            raise EntryNotFoundError(f"{name} is not in {self.repo_id}")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.folder / name, snapshot / name)
+        return str(snapshot / name)
+
+    def hf_hub_download(self, repo_id, filename, *, cache_dir=None, local_files_only=False,
+                        **_):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        self.calls.append((repo_id, filename, local_files_only))
+        if repo_id != self.repo_id:
+            raise AssertionError(f"asked the hub for {repo_id}")
+        if local_files_only:
+            raise LocalEntryNotFoundError(f"{filename} of {repo_id} is not in the cache")
+        return self._copy(filename, cache_dir)
+
+    def snapshot_download(self, repo_id, *, allow_patterns=(), cache_dir=None,
+                          local_files_only=False, **_):
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        self.calls.append((repo_id, tuple(allow_patterns), local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+        for name in allow_patterns:
+            try:
+                self._copy(name, cache_dir)
+            except EntryNotFoundError:
+                pass
+        return str(self._snapshot(cache_dir))
+
+    def install(self, monkeypatch) -> FakeHub:
+        import transformers.utils.hub as hub
+
+        monkeypatch.setattr(hub, "hf_hub_download", self.hf_hub_download)
+        monkeypatch.setattr(hub, "snapshot_download", self.snapshot_download)
+        return self

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from helpers import tiny_hubert
+from helpers import FakeHub, tiny_hubert
 
 from hcld_lib.data.audio import load_audio
 from hcld_lib.features import ssl
@@ -448,3 +448,29 @@ def test_hf_missing_model_offline_is_a_clear_error(tmp_path, monkeypatch):
         extract_features(table, "hf:facebook/not-a-cached-model", tmp_path / "c", progress=False)
     with pytest.raises(HcldError, match="does not exist"):
         extract_features(table, f"hf:{tmp_path / 'no_such_folder'}", tmp_path / "c", progress=False)
+
+
+def test_hf_hub_name_downloads_into_the_hf_cache_when_online_and_is_refused_offline(
+        tmp_path, monkeypatch):
+    """Online, ``hf:<owner>/<name>`` is fetched by transformers' own downloader into the Hugging
+    Face cache (a fake Hub here, filling the real cache layout) and extracts the same features as
+    the same model given as a folder; offline, the same name is refused with the advice."""
+    from hcld_lib import runtime
+
+    for name in runtime.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = tiny_hubert(tmp_path / "tiny", "layer")
+    hub = FakeHub("someone/tiny-hubert", folder).install(monkeypatch)
+    table = _table(tmp_path / "wav", [0.7, 1.2])
+    online = extract_features(table, "hf:someone/tiny-hubert", tmp_path / "c", progress=False)
+    assert hub.calls and all(local is False for _, _, local in hub.calls)
+    assert (tmp_path / "hub" / "models--someone--tiny-hubert" / "snapshots").is_dir()
+    local = extract_features(table, f"hf:{folder}", tmp_path / "c", progress=False)
+    np.testing.assert_array_equal(online.array, local.array)
+
+    hub.calls.clear()
+    with pytest.raises(HcldError, match="local files only"):
+        ssl.HFBackbone("someone/not-downloaded", offline=True)
+    assert all(local is True for _, _, local in hub.calls)  # never asked the Hub to download

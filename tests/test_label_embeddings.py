@@ -149,3 +149,31 @@ def test_learned_anchors_and_bad_encoder_name():
     assert anchors.anchors.weight.grad is not None
     with pytest.raises(HcldError, match="text_encoder"):
         LabelAnchors(list(EMOTIONS), 8, text_encoder="roberta-base")
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_hub_name_downloads_when_online_and_reads_local_files_only_offline(
+        tiny_roberta, monkeypatch, offline):
+    """The hub name goes to transformers' own downloader, ``local_files_only`` set by the one
+    offline rule (here the downloader is replaced by a reader of the tiny local model)."""
+    import transformers
+
+    from hcld_lib import runtime
+
+    for name in runtime.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if offline:
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    asked = []
+
+    def downloader(original):
+        def from_pretrained(name, **kwargs):
+            asked.append((name, kwargs.get("local_files_only")))
+            return original(str(tiny_roberta), local_files_only=True)
+        return from_pretrained
+
+    for cls in (transformers.AutoTokenizer, transformers.AutoModel):
+        monkeypatch.setattr(cls, "from_pretrained", downloader(cls.from_pretrained))
+    out = encode_words("FacebookAI/roberta-base", ["happy", "sad"])
+    assert out.shape == (2, 32)
+    assert asked == [("FacebookAI/roberta-base", offline)] * 2

@@ -159,3 +159,19 @@ def test_speechbrain_missing_folder_and_offline_name(fake_speechbrain, tmp_path,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HcldError, match="HF_HUB_OFFLINE=1"):
         load_speaker_encoder("ecapa")
+
+
+def test_ecapa_downloads_by_hub_name_into_the_cache_when_online(fake_speechbrain, tmp_path,
+                                                               monkeypatch):
+    from hcld_lib import runtime
+
+    for name in runtime.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HCLD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    enc = load_speaker_encoder("ecapa")
+    assert enc.name == "ecapa"
+    assert fake_speechbrain.loaded_from["source"] == "speechbrain/spkrec-ecapa-voxceleb"
+    assert fake_speechbrain.loaded_from["savedir"] == str(
+        tmp_path / "cache" / "speechbrain" / "speechbrain--spkrec-ecapa-voxceleb")
+    assert not (tmp_path / "models").exists()  # nothing dropped in the working folder

@@ -150,7 +150,8 @@ class SpeechBrainEncoder:
     Args:
         source: a Hugging Face model name (downloaded when online) or a local model folder.
         device: torch device string.
-        savedir: where SpeechBrain keeps its copy of a named model.
+        savedir: where SpeechBrain keeps its copy of a named model (default
+            ``<cache_home>/speechbrain/<owner>--<name>``, :func:`hcld_lib.runtime.cache_home`).
     """
 
     sample_rate = SAMPLE_RATE
@@ -189,7 +190,8 @@ class SpeechBrainEncoder:
         try:
             self.model = EncoderClassifier.from_hparams(
                 source=str(local) if is_local else source,
-                savedir=savedir or str(Path("models") / source.replace("/", "--")),
+                savedir=savedir or str(runtime.cache_home() / "speechbrain"
+                                       / source.replace("/", "--")),
                 run_opts={"device": device},
             )
         except Exception as err:  # noqa: BLE001 - any load failure gets the same advice
