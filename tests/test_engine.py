@@ -57,6 +57,15 @@ def read_env(name: str) -> str | None:
     return os.environ.get(name)
 
 
+def warn_twice(i: int) -> int:
+    """Warn with a message of its own, then with one that every task shares."""
+    import warnings
+
+    warnings.warn(f"task {i} is odd" if i % 2 else f"task {i} is even", UserWarning, stacklevel=1)
+    warnings.warn("shared message", UserWarning, stacklevel=1)
+    return i
+
+
 # -- fixture --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -105,6 +114,29 @@ def test_a_runtime_env_given_to_a_running_ray_applies_to_each_task(ray_cluster):
     # merged with the job's env_vars by Ray: this module is still importable (PYTHONPATH)
     assert run_tasks(read_env, ["HCLD_TOY", "OMP_NUM_THREADS"],
                      runtime_env={"env_vars": {"HCLD_TOY": "yes"}}) == ["yes", "1"]
+
+
+def test_a_workers_warnings_reach_the_driver_as_under_the_serial_engine(ray_cluster):
+    """Raised again in the driver at the task's own file and line (not as worker log lines),
+    once per place and message under the default filter, as the serial engine shows them."""
+    import warnings
+
+    seen = {}
+    for engine in ("serial", "ray"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert run_tasks(warn_twice, [1, 2, 3], engine=engine) == [1, 2, 3]
+        seen[engine] = sorted((str(w.message), Path(w.filename).name, w.category.__name__)
+                              for w in caught)
+    assert seen["ray"] == seen["serial"]
+    assert [m for m, _, _ in seen["ray"]] == ["shared message"] * 3 + [
+        "task 1 is odd", "task 2 is even", "task 3 is odd"]
+    assert {f for _, f, _ in seen["ray"]} == {"test_engine.py"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        run_tasks(warn_twice, [5, 7], engine="ray")
+    assert sorted(str(w.message) for w in caught) == ["shared message", "task 5 is odd",
+                                                      "task 7 is odd"]
 
 
 def test_a_killed_worker_is_retried_and_each_output_written_once(ray_cluster, tmp_path):

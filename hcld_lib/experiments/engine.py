@@ -54,8 +54,10 @@ shells. Without that, two workers on two cores would oversubscribe the CPU. Set
 ``runtime_env={"env_vars": {...}}`` to choose other values.
 
 Logs: Ray's own logger is set to ERROR, which hides its start-up chatter, including a warning
-on every start that token authentication is on. What the workers print still reaches the
-driver, prefixed by the task's name, and so do Ray's notices such as "(raylet) A worker died".
+on every start that token authentication is on. A task's Python warnings are recorded in its
+worker and raised again in the driver, where they were raised (file and line) and once each, as
+the serial engine shows them. What the workers print still reaches the driver, prefixed by the
+task's name, and so do Ray's notices such as "(raylet) A worker died".
 Ray merges lines that differ only in numbers ("[repeated 2x across cluster]").
 Set ``RAY_DEDUP_LOGS=0`` before starting Ray to see every line.
 Each Ray session leaves about 0.3 MB of logs in ``/tmp/ray/session_*``, which Ray never deletes.
@@ -70,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -101,6 +104,27 @@ def _failure(index: int, task: Any, total: int, done: int, error: BaseException,
         f"task {index + 1}/{total} ({name}) failed: {type(cause).__name__}: {cause}\n"
         f"The outputs of the {done} task(s) that had finished are kept (each task writes its "
         "own), so running the same tasks again resumes from there.", index, task)
+
+
+_REPLAYED: dict[Any, Any] = {}  # the "once per place" memory of the replayed warnings
+
+Recorded = tuple[type[Warning], str, str, int]
+"""A warning raised in a worker: (category, message, file, line)."""
+
+
+def _recording(fn: Callable[[Any], Any], task: Any) -> tuple[Any, list[Recorded]]:
+    """``fn(task)`` and the warnings it raised (what a Ray task runs)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(task)
+    return result, [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
+
+
+def _replay(recorded: list[Recorded]) -> None:
+    """Raise a worker's warnings again in the driver, at their own file and line, so that the
+    driver's filters apply (the default: once per place)."""
+    for category, message, filename, lineno in recorded:
+        warnings.warn_explicit(message, category, filename, lineno, registry=_REPLAYED)
 
 
 @contextmanager
@@ -191,11 +215,12 @@ def _run_on_ray(fn: Callable[[Any], Any], tasks: list[Any], *, num_gpus: float |
                                "retry_exceptions": False}
     if runtime_env:
         options["runtime_env"] = runtime_env
-    remote = ray.remote(fn)
+    remote = ray.remote(_recording)
+    fn_ref = ray.put(fn)
     index = {}
     for i, task in enumerate(tasks):
         name = describe(task) if describe else getattr(fn, "__name__", "task")
-        index[remote.options(name=name, **options).remote(task)] = i
+        index[remote.options(name=name, **options).remote(fn_ref, task)] = i
     pending = list(index)
     results: list[Any] = [None] * len(tasks)
     done = 0
@@ -204,9 +229,10 @@ def _run_on_ray(fn: Callable[[Any], Any], tasks: list[Any], *, num_gpus: float |
             ready, pending = ray.wait(pending, num_returns=1)
             i = index[ready[0]]
             try:
-                results[i] = ray.get(ready[0])
+                results[i], recorded = ray.get(ready[0])
             except RayError as err:
                 raise _failure(i, tasks[i], len(tasks), done, err, describe) from err
+            _replay(recorded)
             done += 1
             if on_result is not None:
                 on_result(i, tasks[i], results[i], done, len(tasks))
