@@ -1,5 +1,6 @@
 """Time to build one epoch of batches with ``ContrastiveBatchSampler``: the vectorised sampler
-against the previous, per-unit greedy one (copied below as ``_OldSampler``), in one run.
+against the previous, per-unit greedy one (its epoch building kept below as
+``_OldSampler``), in one run.
 
 Run: ``.venv/bin/python bench/bench_sampler.py [--epochs 20]``
 
@@ -17,14 +18,11 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
 
-from hcld_lib.io import HcldError
-from hcld_lib.method.sampler import NEEDS, ContrastiveBatchSampler
+from hcld_lib.method.sampler import ContrastiveBatchSampler
 
 SIZES = (800, 4400)
 NEED_SETS = (("emotion", "speaker_emotion"), ("emotion", "speaker", "speaker_emotion"))
@@ -73,111 +71,17 @@ def main(epochs: int) -> None:
                   f"{old_ms / new_ms:8.1f}x {new_ratio:10.4f} {old_ratio:10.4f}")
 
 
-class _OldSampler(Sampler[list[int]]):
-    """The sampler before vectorisation (a verbatim copy, renamed), for comparison.
+class _OldSampler(ContrastiveBatchSampler):
+    """The sampler before vectorisation, for comparison: the same arguments, checks and
+    feasibility tables (inherited), and its own per-unit greedy epoch building (the methods
+    below, copied verbatim)."""
 
-    A seeded batch sampler whose batches hold a positive for each need of every sample.
-
-    Args:
-        emotion: emotion label of each sample ``[N]`` (any hashable labels).
-        speaker: speaker label of each sample ``[N]``.
-        batch_size: maximum number of samples in a batch (at least 4 when a need is given).
-        seed: base seed; the batches of an epoch depend on ``(seed, epoch)`` only.
-        need: the positives to guarantee, a subset of ``("emotion", "speaker",
-            "speaker_emotion")``; empty = plain shuffled batches.
-
-    Yields lists of sample indices (``list[int]``); call :meth:`set_epoch` before each epoch
-    (``len`` and iteration refer to the current epoch).
-    """
-
-    def __init__(
-        self,
-        emotion: Sequence[Any] | np.ndarray,
-        speaker: Sequence[Any] | np.ndarray,
-        batch_size: int,
-        seed: int = 0,
-        need: Sequence[str] = ("emotion", "speaker_emotion"),
-    ) -> None:
-        emotion = np.asarray(emotion)
-        speaker = np.asarray(speaker)
-        if emotion.ndim != 1 or emotion.shape != speaker.shape or emotion.size == 0:
-            raise HcldError(
-                f"emotion {emotion.shape} and speaker {speaker.shape} must be non-empty 1-D "
-                "arrays of equal length"
-            )
-        bad = [n for n in need if n not in NEEDS]
-        if bad:
-            raise HcldError(f"unknown need(s) {bad}; choose from {NEEDS}")
-        self.need = tuple(n for n in NEEDS if n in need)
-        min_batch = 4 if self.need else 1
-        if batch_size < min_batch:
-            raise HcldError(f"batch_size={batch_size} must be >= {min_batch} for need={self.need}")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.n = int(emotion.size)
-        _, self._emo = np.unique(emotion, return_inverse=True)
-        _, self._spk = np.unique(speaker, return_inverse=True)
-        n_emo, n_spk = int(self._emo.max()) + 1, int(self._spk.max()) + 1
-        self._n_spk = n_spk
-        self._cell = self._spk * n_emo + self._emo
-        self._n_emo = n_emo
-        # members of each speaker-emotion cell, as index arrays
-        order = np.argsort(self._cell, kind="stable")
-        bounds = np.searchsorted(self._cell[order], np.arange(n_spk * n_emo + 1))
-        self._cell_members = [order[bounds[c] : bounds[c + 1]] for c in range(n_spk * n_emo)]
-        self._cell_sizes = np.diff(bounds)
-        # which needs each sample can satisfy at all in the data
-        cell_sizes = self._cell_sizes.reshape(n_spk, n_emo)
-        self._feasible = {
-            "emotion": cell_sizes.sum(axis=0)[self._emo] >= 2,
-            "speaker": cell_sizes.sum(axis=1)[self._spk] >= 2,
-            "speaker_emotion": (cell_sizes > 0).sum(axis=1)[self._spk] >= 2,
-        }
-        # the same per speaker-emotion cell (a sample's feasibility depends on its cell only)
-        self._cell_feasible = {n: np.zeros(n_spk * n_emo, dtype=bool) for n in NEEDS}
-        for n in NEEDS:
-            self._cell_feasible[n][self._cell] = self._feasible[n]
-        missing = {n: int((~self._feasible[n]).sum()) for n in self.need}
-        missing = {n: k for n, k in missing.items() if k}
-        if missing:
-            detail = ", ".join(
-                f"{k} sample(s) without any '{n}' positive" for n, k in missing.items()
-            )
-            warnings.warn(
-                f"ContrastiveBatchSampler: {detail} in the data (e.g. a speaker with a single "
-                "emotion, a class with one sample); these samples are still used, without that "
-                "positive.",
-                stacklevel=2,
-            )
-        self._cache: tuple[int, list[list[int]]] | None = None
-
-    # --- public ---------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches ``__iter__`` and ``__len__`` refer to."""
-        self.epoch = int(epoch)
-
-    def batches(self, epoch: int | None = None) -> list[list[int]]:
-        """The batches (lists of sample indices) of ``epoch`` (default: the current epoch)."""
-        epoch = self.epoch if epoch is None else int(epoch)
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, self._build_epoch(epoch))
-        return self._cache[1]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter([list(b) for b in self.batches()])
-
-    def __len__(self) -> int:
-        return len(self.batches())
-
-    def state_dict(self) -> dict[str, int]:
-        """The sampler's state (the epoch; batches are a function of ``(seed, epoch)``)."""
-        return {"seed": self.seed, "epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise HcldError(f"sampler state has seed {state['seed']}, this sampler {self.seed}")
-        self.set_epoch(state["epoch"])
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # members of each speaker-emotion cell, as index arrays (what the old draw reads)
+        bounds = np.r_[self._cell_start, self.n]
+        self._cell_members = [self._by_cell[bounds[c] : bounds[c + 1]]
+                              for c in range(len(self._cell_sizes))]
 
     # --- building an epoch ----------------------------------------------------------------------
     def _build_epoch(self, epoch: int) -> list[list[int]]:
