@@ -11,7 +11,6 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +68,7 @@ def grid_configs(
 
 
 def is_finished(config: RunConfig) -> bool:
-    return (Path(config.out_dir) / config.resolved_run_name / "metrics.json").is_file()
+    return (config.run_dir / "metrics.json").is_file()
 
 
 def run_grid(
@@ -187,7 +186,7 @@ def finished_grid(configs: Sequence[RunConfig], what: str = "the grid (notebook 
                         f"{configs[0].out_dir} ({shown}); run {what} first")
     rows = []
     for c in configs:
-        run_dir = Path(c.out_dir) / c.resolved_run_name
+        run_dir = c.run_dir
         row = metrics_row(json.loads((run_dir / "metrics.json").read_text()),
                           run_name=c.resolved_run_name)
         rows.append({**row, "run_dir": str(run_dir)})

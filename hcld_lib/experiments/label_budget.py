@@ -174,8 +174,7 @@ def label_budget_experiment(
     info = pd.DataFrame([{"condition": cond, "train_fraction": f,
                           "pretrained": cfg.init_emotion_encoder or ""}
                          for cond, f, cfg in runs])
-    metrics = [json.loads((Path(c.out_dir) / c.resolved_run_name / "metrics.json").read_text())
-               for _, _, c in runs]
+    metrics = [json.loads((c.run_dir / "metrics.json").read_text()) for _, _, c in runs]
     rows = rows.assign(n_train=[int(m["n_train"]) for m in metrics])
     return pd.concat([info, rows.drop(columns=["train_fraction"])], axis=1)
 

@@ -294,7 +294,7 @@ class Experiment:
         """The folder of one finished run (an error if it has not finished)."""
         config = self.config(variant, arch, fold, seed, **self.overrides)
         finished_grid([config])
-        return Path(config.out_dir) / config.resolved_run_name
+        return config.run_dir
 
     def reading_grid(self) -> tuple[list[str], list[int]]:
         """The architectures and seeds of the open-points chapter: ``archs`` / ``seeds`` when

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hcld_lib.data.splits import PROTOCOLS
@@ -207,6 +208,11 @@ class RunConfig:
         skip = {"out_dir", "device", "extra", "run_name", "checkpoint_every", "resident"}
         return {k: v for k, v in self.to_dict().items()
                 if k not in skip and (k not in _RELEVANT_IF or self._relevant(k))}
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder: ``out_dir/<resolved_run_name>``."""
+        return Path(self.out_dir) / self.resolved_run_name
 
     @property
     def resolved_run_name(self) -> str:

@@ -360,7 +360,7 @@ def train_run(
     Raises:
         HcldError: the run folder holds a run with other settings, or bad settings.
     """
-    run_dir = Path(config.out_dir) / config.resolved_run_name
+    run_dir = config.run_dir
     metrics_path = run_dir / "metrics.json"
     ckpt_path = run_dir / "checkpoint.pt"
     if metrics_path.is_file():  # finished: never trained again
