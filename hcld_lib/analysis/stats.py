@@ -30,7 +30,6 @@ in every chapter.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,6 +102,15 @@ def paired_differences(
     return (both["a"] - both["b"]).sort_index().rename(f"{metric}: {a} - {b}")
 
 
+def t_half_width(sd: Any, n: Any, level: float = 0.95) -> Any:
+    """Half-width of the Student-t interval of a mean, ``t_{n-1, (1+level)/2} * sd / sqrt(n)``;
+    NaN for ``n < 2``. ``sd`` and ``n`` may be arrays (or Series) of equal shape."""
+    n = np.asarray(n, dtype=float)
+    dof = np.where(n >= 2, n - 1, np.nan)
+    half = sps.t.ppf((1 + level) / 2, dof) * np.asarray(sd, dtype=float) / np.sqrt(n)
+    return float(half) if np.ndim(half) == 0 else half
+
+
 def t_interval(diffs: Sequence[float] | np.ndarray | pd.Series, level: float = 0.95) -> dict:
     """Mean of the paired differences with its Student-t interval.
 
@@ -124,7 +132,7 @@ def t_interval(diffs: Sequence[float] | np.ndarray | pd.Series, level: float = 0
     if n < 2:
         return dict(mean=mean, ci_low=_NAN, ci_high=_NAN, n_pairs=n, sd=_NAN)
     sd = float(d.std(ddof=1))
-    half = float(sps.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    half = t_half_width(sd, n, level)
     return dict(mean=mean, ci_low=mean - half, ci_high=mean + half, n_pairs=n, sd=sd)
 
 

@@ -25,6 +25,7 @@ from hcld_lib.analysis.stats import compare, verdict_sentence
 from hcld_lib.experiments.engine import run_tasks
 from hcld_lib.experiments.grid import fold_list as fold_list_of
 from hcld_lib.experiments.grid import run_configs
+from hcld_lib.experiments.tables import mean_std
 from hcld_lib.io import HcldError, short_hash
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.pretrain import fold_pseudo_labels, history_file, pretrain_emotion_encoder
@@ -187,13 +188,10 @@ def summarize_label_budget(df: pd.DataFrame) -> pd.DataFrame:
     """
     if df.empty:
         raise HcldError("no label-budget runs to summarise; run label_budget_experiment first")
-    metrics = {"emo_wa": "wa", "emo_ua": "ua", "emo_f1": "f1"}
     order = {c: i for i, c in enumerate(CONDITIONS)}
-    g = df.groupby(["condition", "train_fraction"], sort=False)
-    out = g[list(metrics)].agg(["mean", "std"])
-    out.columns = [f"{metrics[m]}_{s}" for m, s in out.columns]
-    out["n_runs"] = g.size()
-    out["n_train_mean"] = g["n_train"].mean()
+    by = ["condition", "train_fraction"]
+    out = mean_std(df, by, {"emo_wa": "wa", "emo_ua": "ua", "emo_f1": "f1"})
+    out["n_train_mean"] = df.groupby(by, sort=False)["n_train"].mean()
     out = out.reset_index()
     out = out.sort_values(["condition", "train_fraction"],
                           key=lambda s: s.map(order) if s.name == "condition" else s)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
+from hcld_lib.analysis.stats import t_half_width
 from hcld_lib.data.labels import emotion_order
 from hcld_lib.features.cache import FeatureCache
 from hcld_lib.io import HcldError, atomic_write_text
@@ -146,6 +146,17 @@ def _variant_order(present: Iterable[str]) -> list[str]:
     )
 
 
+def mean_std(df: pd.DataFrame, by: Sequence[str], metrics: dict[str, str]) -> pd.DataFrame:
+    """Per group of ``by`` (in order of appearance): ``<name>_mean`` and ``<name>_std`` (ddof=1;
+    NaN for one run) of each column ``metrics`` maps to ``name``, and ``n_runs``; ``by`` stays
+    the index."""
+    groups = df.groupby(list(by), sort=False)
+    out = groups[list(metrics)].agg(["mean", "std"])
+    out.columns = [f"{metrics[m]}_{s}" for m, s in out.columns]
+    out["n_runs"] = groups.size()
+    return out
+
+
 def summary_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for one run) and run count per variant x arch, long format.
 
@@ -156,13 +167,9 @@ def summary_stats(df: pd.DataFrame) -> pd.DataFrame:
     """
     if df.empty:
         raise HcldError("no finished runs to summarise; run the grid first")
-    groups = df.groupby(["variant", "arch"], sort=False)
-    out = groups[list(METRICS)].agg(["mean", "std"])
-    out.columns = [f"{m}_{s}" for m, s in out.columns]
-    out["n_runs"] = groups.size()
-    t = sps.t.ppf(0.975, np.maximum(out["n_runs"] - 1, 1))
+    out = mean_std(df, ["variant", "arch"], {m: m for m in METRICS})
     for m in METRICS:
-        out[f"{m}_ci"] = t * out[f"{m}_std"] / np.sqrt(out["n_runs"])
+        out[f"{m}_ci"] = t_half_width(out[f"{m}_std"], out["n_runs"])
     out = out.reset_index()
     arch_rank = {a: i for i, a in enumerate(ARCHS)}
     var_rank = {v: i for i, v in enumerate(_variant_order(out["variant"]))}
