@@ -39,8 +39,8 @@ from scipy import stats as sps
 
 from hcld_lib.io import HcldError
 
-__all__ = ["VERDICTS", "compare", "paired_bootstrap", "paired_differences", "t_interval",
-           "verdict", "verdict_sentence"]
+__all__ = ["VERDICTS", "compare", "paired_bootstrap", "paired_differences", "t_half_width",
+           "t_interval", "verdict", "verdict_sentence"]
 
 #: Every value :func:`verdict` returns.
 VERDICTS: tuple[str, ...] = ("held", "contradicted", "not shown", "too few runs", "not comparable")
