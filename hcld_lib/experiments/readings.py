@@ -22,7 +22,7 @@ import pandas as pd
 
 from hcld_lib.analysis.stats import verdict_sentence
 from hcld_lib.experiments.comparisons import compare_runs, paper_difference
-from hcld_lib.experiments.grid import finished_grid, grid_configs, run_configs
+from hcld_lib.experiments.grid import grid_configs, run_configs
 from hcld_lib.method.variants import variant_settings
 from hcld_lib.training.config import RunConfig
 
@@ -87,16 +87,10 @@ def run_readings(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str
     readings share it); one row per (reading, run), with a ``reading`` column."""
     by_reading = reading_configs(base, chosen, archs, folds, seeds)
     unique = {c.resolved_run_name: c for configs in by_reading.values() for c in configs}
-    run_configs(list(unique.values()), progress=progress, engine=engine, address=address,
-                desc="readings")
-    return read_readings(by_reading)
-
-
-def read_readings(by_reading: dict[str, list[RunConfig]]) -> pd.DataFrame:
-    """The finished runs of every reading (an error names the missing ones)."""
-    frames = [finished_grid(configs, what="the open-points chapter (notebook 08)")
-              .assign(reading=name) for name, configs in by_reading.items()]
-    return pd.concat(frames, ignore_index=True)
+    rows = run_configs(list(unique.values()), progress=progress, engine=engine, address=address,
+                       desc="readings").set_index("run_name", drop=False)
+    return pd.concat([rows.loc[[c.resolved_run_name for c in configs]].assign(reading=name)
+                      for name, configs in by_reading.items()], ignore_index=True)
 
 
 AS_PRINTED = SWITCH_READINGS[0].name
