@@ -85,7 +85,7 @@ def test_readings_name_the_ones_under_which_the_paper_holds():
 def test_the_readings_share_the_runs_a_reading_does_not_change():
     from hcld_lib.training.config import RunConfig
 
-    base = RunConfig(epochs=1)
+    base = RunConfig(max_epochs=1)
     by = rd.reading_configs(base, rd.readings(), ["cnn"], [0, 1], [0, 1])
     assert len(by) == len(rd.SWITCH_READINGS) + len(rd.SWEEP_READINGS)
     def runs(variant: str) -> set[str]:
@@ -99,9 +99,9 @@ def test_the_readings_share_the_runs_a_reading_does_not_change():
     assert len(runs("emo_only")) == 4 * 2
     assert len(runs("orth")) == 4 * 3
     contrastive = next(c for c in by["contrastive x0.1"] if c.variant == "hcld")
-    assert (contrastive.w_cld, contrastive.w_supcon, contrastive.w_task_speaker) == (0.1, 0.1, 1.0)
+    assert (contrastive.w_icld, contrastive.w_supcon, contrastive.w_ce_speaker) == (0.1, 0.1, 1.0)
     orth = next(c for c in by["contrastive x0.1"] if c.variant == "orth")
-    assert (orth.w_cld, orth.w_orth) == (0.0, 1.0)  # a weight a variant does not have stays off
+    assert (orth.w_icld, orth.w_orth) == (0.0, 1.0)  # a weight a variant does not have stays off
 
 
 def test_label_budget_verdicts_follow_the_one_rule():

@@ -3,6 +3,8 @@ refused by name; profiles separate corpus, run and grid settings."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hcld_lib.experiments.params import PROFILES, profile, setup
@@ -13,11 +15,13 @@ from hcld_lib.training.config import RunConfig
 
 def test_defaults_follow_the_paper_and_the_readings_of_the_open_points():
     c = RunConfig()
-    assert (c.lr, c.batch_size, c.epochs, c.warmup_epochs, c.embed_dim) == (5e-4, 32, 100, 5, 256)
-    assert (c.margin, c.temperature, c.branches) == (0.0, 0.07, "separate")
-    assert (c.pos_space, c.hinge, c.supcon_space, c.lcl_include_self) == (
-        "emotion", "text", "emotion", False)
-    assert (c.w_cld, c.w_supcon, c.w_label, c.w_orth) == (1.0, 1.0, 1.0, 0.0)
+    assert (c.lr, c.batch_size, c.max_epochs, c.warmup_epochs, c.embed_dim) == (
+        5e-4, 32, 100, 5, 256)
+    assert (c.icld_margin, c.temperature, c.branches) == (0.0, 0.07, "separate")
+    assert (c.icld_pos_space, c.icld_hinge, c.supcon_space, c.lcl_include_self) == (
+        "emotion", "below", "emotion", False)
+    assert (c.w_icld, c.w_supcon, c.w_lcl, c.w_orth) == (1.0, 1.0, 1.0, 0.0)
+    assert (c.w_adversarial, c.w_mi) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -28,20 +32,24 @@ def test_a_variant_gives_exactly_its_settings(name):
 
 def test_named_variants_switch_the_right_terms():
     emo = RunConfig(variant="emo_only")
-    assert emo.speaker_branch is False and emo.w_task_speaker == 0.0
-    assert (emo.w_cld, emo.w_supcon, emo.w_label, emo.w_orth) == (0.0, 0.0, 0.0, 0.0)
+    assert emo.speaker_branch is False and emo.w_ce_speaker == 0.0
+    assert (emo.w_icld, emo.w_supcon, emo.w_lcl, emo.w_orth) == (0.0, 0.0, 0.0, 0.0)
     assert emo.resolved_run_name == "emo_only__cnn__paper-fold0__seed0"
     orth = RunConfig(variant="orth")
-    assert (orth.w_orth, orth.w_cld, orth.w_supcon, orth.w_label) == (1.0, 0.0, 0.0, 0.0)
-    assert RunConfig(variant="hcld_pos_speaker").pos_space == "speaker"
+    assert (orth.w_orth, orth.w_icld, orth.w_supcon, orth.w_lcl) == (1.0, 0.0, 0.0, 0.0)
+    adversarial, mi = RunConfig(variant="adversarial"), RunConfig(variant="mi")
+    assert (adversarial.w_adversarial, adversarial.w_ce_speaker, adversarial.w_icld) == (1, 1, 0)
+    assert (mi.w_mi, mi.w_ce_speaker, mi.w_orth) == (1.0, 1.0, 0.0)
+    assert RunConfig(variant="hcld_pos_speaker").icld_pos_space == "speaker"
+    assert RunConfig(variant="hcld_printed_hinge").icld_hinge == "above"
     assert RunConfig(variant="hcld_lcl_self").lcl_include_self is True
     assert set(PAPER_VARIANTS) <= set(VARIANTS)
 
 
 def test_replacing_the_variant_brings_all_of_its_settings():
-    hcld = RunConfig(variant="hcld", epochs=3)
+    hcld = RunConfig(variant="hcld", max_epochs=3)
     emo = hcld.replace(variant="emo_only")
-    assert emo.speaker_branch is False and emo.w_cld == 0.0 and emo.epochs == 3
+    assert emo.speaker_branch is False and emo.w_icld == 0.0 and emo.max_epochs == 3
     back = emo.replace(variant="hcld")
     assert back.to_dict() == hcld.to_dict()
     # a switch given with the new variant is kept
@@ -51,16 +59,16 @@ def test_replacing_the_variant_brings_all_of_its_settings():
 
 def test_a_reading_names_itself_only_when_a_term_reads_it():
     hcld = RunConfig(variant="hcld")
-    assert hcld.reading() == {}
-    assert hcld.replace(margin=0.2).resolved_run_name == (
-        "hcld__cnn__paper-fold0__seed0__margin=0.2")
-    assert hcld.replace(branches="shared").reading() == {"branches": "shared"}
+    assert hcld.departures() == {}
+    assert hcld.replace(icld_margin=0.2).resolved_run_name == (
+        "hcld__cnn__paper-fold0__seed0__icld_margin=0.2")
+    assert hcld.replace(branches="shared").departures() == {"branches": "shared"}
     # the orth form is not read by HCLD (w_orth = 0), the margin not by EMO-only
     assert hcld.replace(orth_form="batch").resolved_run_name == hcld.resolved_run_name
     emo = RunConfig(variant="emo_only")
-    assert emo.replace(margin=0.5).resolved_run_name == emo.resolved_run_name
-    assert emo.replace(margin=0.5).identity() == emo.identity()
-    assert RunConfig(variant="orth", orth_form="batch").reading() == {"orth_form": "batch"}
+    assert emo.replace(icld_margin=0.5).resolved_run_name == emo.resolved_run_name
+    assert emo.replace(icld_margin=0.5).result_key() == emo.result_key()
+    assert RunConfig(variant="orth", orth_form="batch").departures() == {"orth_form": "batch"}
 
 
 @pytest.mark.parametrize(
@@ -69,15 +77,25 @@ def test_a_reading_names_itself_only_when_a_term_reads_it():
         (dict(variant="hcdl"), "unknown variant 'hcdl'"),
         (dict(protocol="random"), "protocol='random'"),
         (dict(emotion_arch="gru"), "emotion_arch='gru'"),
-        (dict(hinge="soft"), "hinge='soft'"),
+        (dict(icld_hinge="soft"), "icld_hinge='soft'"),
         (dict(branches="twin"), "branches='twin'"),
         (dict(train_fraction=0.0), "train_fraction=0.0"),
-        (dict(variant="emo_only", w_cld=1.0), "speaker_branch=False"),
+        (dict(w_ce_emotion=0.0), "w_ce_emotion must be > 0"),
+        (dict(lr=0.0), "lr=0.0 must be a finite number in (0, inf)"),
+        (dict(lr=float("nan")), "lr=nan"),
+        (dict(embed_dim=0), "embed_dim=0 must be an int in [1, inf)"),
+        (dict(max_frames=0), "max_frames=0 must be an int in [1, inf) or None"),
+        (dict(max_epochs="3"), "max_epochs='3' must be an int"),
+        (dict(icld_margin=float("nan")), "icld_margin=nan"),
+        (dict(temperature=0.0), "temperature=0.0"),
+        (dict(lcl_include_self="yes"), "lcl_include_self='yes' must be a bool"),
+        (dict(device="cuda:7"), "device='cuda:7': this machine has"),
+        (dict(stop_at_plateau=True, val_fraction=0.0), "val_fraction=0 carves none"),
         (dict(branches="shared", speaker_arch="lstm"), "branches='shared' has one encoder"),
     ],
 )
 def test_bad_values_are_refused_by_name(kwargs, words):
-    with pytest.raises(HcldError, match=words.replace("(", r"\(")):
+    with pytest.raises(HcldError, match=re.escape(words)):
         RunConfig(**kwargs)
 
 
@@ -102,7 +120,7 @@ def test_profiles_separate_corpus_run_and_grid_settings():
         RunConfig(**prof.run)  # every run field of a profile is valid
         assert {"dataset", "backbone"} <= set(prof.corpus)
         assert prof.folds >= 1 and prof.seeds
-    assert profile("paper").run["epochs"] == 100
+    assert profile("paper").run["max_epochs"] == 100
     with pytest.raises(HcldError, match="unknown profile 'fast'"):
         profile("fast")
 
@@ -124,7 +142,7 @@ def test_setup_reads_the_knobs_of_a_namespace_and_names_the_experiment(tmp_path)
         setup(dataset="iemocap")
 
 
-@pytest.mark.parametrize("knob, value", [("folds", 2), ("seeds", [1]), ("epochs", 1),
+@pytest.mark.parametrize("knob, value", [("folds", 2), ("seeds", [1]), ("max_epochs", 1),
                                          ("variants", ["hcld"]), ("archs", ["cnn"]),
                                          ("n_utterances", 100), ("seed", 3),
                                          ("protocol", "loso"), ("overrides", {"lr": 0.1})])

@@ -331,10 +331,8 @@ def test_load_corpus_errors(args: dict[str, object], match: str) -> None:
 def test_the_package_names_its_loaders_and_nothing_by_magic() -> None:
     from hcld_lib.data.iemocap import load_iemocap
     from hcld_lib.data.manifest import load_manifest
-    from hcld_lib.data.synthetic import synthesize_corpus
 
-    assert (data.synthesize_corpus, data.load_iemocap, data.load_manifest) == (
-        synthesize_corpus, load_iemocap, load_manifest)
+    assert (data.load_iemocap, data.load_manifest) == (load_iemocap, load_manifest)
     assert not hasattr(data, "__getattr__")  # no lazy re-exports of other modules' names
     with pytest.raises(AttributeError):
         data.load_audio  # noqa: B018 - lives in hcld_lib.data.audio, imported from there

@@ -193,8 +193,8 @@ def test_empty_task_list_and_unknown_engine():
 # -- the grid on the engines: real (tiny) training runs ------------------------------------------
 
 TINY_RUN = dict(embed_dim=16, hidden_dim=16, n_layers=1, frame_stride=4, batch_size=16, lr=3e-3,
-                warmup_epochs=1, text_encoder="learned", val_fraction=0.2, n_folds=2,
-                device="cpu", epochs=3, checkpoint_every=1)
+                warmup_epochs=1, lcl_text_encoder="learned", val_fraction=0.2, n_folds=2,
+                device="cpu", max_epochs=3, checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ def test_a_worker_killed_mid_run_resumes_on_retry(ray_cluster, tiny_cache, tmp_p
         run = Path(config.out_dir, config.resolved_run_name)
         assert Path(config.out_dir, f"died-{config.resolved_run_name}").exists()
         assert (run / "metrics.json").is_file() and not (run / "checkpoint.pt").exists()
-        assert len(pd.read_csv(run / "history.csv")) == TINY_RUN["epochs"]
+        assert len(pd.read_csv(run / "history.csv")) == TINY_RUN["max_epochs"]
     # resumed from the checkpoint, every run ends with the numbers of an uninterrupted one
     whole = run_configs(_grid(tiny_cache, tmp_path / "whole"), progress=False, engine="ray")
     pd.testing.assert_frame_equal(_metric_rows(finished_grid(configs)), _metric_rows(whole))

@@ -49,22 +49,23 @@ def test_paper_table_holds_the_printed_numbers():
 
 
 def test_grid_configs_take_each_variants_switches_not_the_bases():
-    base = RunConfig(variant="emo_only", epochs=3, embed_dim=16, n_folds=2)
+    base = RunConfig(variant="emo_only", max_epochs=3, embed_dim=16, n_folds=2)
     cells = grid.grid_configs(base, ["hcld", "orth"], ["lstm"], [1], [0, 4], "/tmp/runs")
     assert [(c.variant, c.seed) for c in cells] == [("hcld", 0), ("hcld", 4), ("orth", 0),
                                                      ("orth", 4)]
     cfg = cells[0]
-    assert cfg.speaker_branch and cfg.w_cld == 1.0 and cfg.w_task_speaker == 1.0
-    assert (cfg.epochs, cfg.embed_dim, cfg.fold, cfg.emotion_arch) == (3, 16, 1, "lstm")
+    assert cfg.speaker_branch and cfg.w_icld == 1.0 and cfg.w_ce_speaker == 1.0
+    assert (cfg.max_epochs, cfg.embed_dim, cfg.fold, cfg.emotion_arch) == (3, 16, 1, "lstm")
     assert cfg.speaker_arch is None and cfg.out_dir == "/tmp/runs"
     assert cells[2].w_orth == 1.0 and cells[2].w_supcon == 0.0
     for name in VARIANTS:
         assert grid.grid_configs(base, [name], ["cnn"], 1)[0].variant == name
     # a reading given as an override reaches every variant, and names the runs it changes
-    read = grid.grid_configs(base, ["emo_only", "hcld"], ["cnn"], 1, overrides={"margin": 0.2})
-    assert [c.margin for c in read] == [0.2, 0.2]
+    read = grid.grid_configs(base, ["emo_only", "hcld"], ["cnn"], 1,
+                             overrides={"icld_margin": 0.2})
+    assert [c.icld_margin for c in read] == [0.2, 0.2]
     assert read[0].resolved_run_name == "emo_only__cnn__paper-fold0__seed0"
-    assert read[1].resolved_run_name.endswith("__margin=0.2")
+    assert read[1].resolved_run_name.endswith("__icld_margin=0.2")
     with pytest.raises(HcldError, match="unknown variant"):
         grid.grid_configs(base, ["hcld_v2"], ["cnn"], 1)
     with pytest.raises(HcldError, match="unknown architecture"):

@@ -103,3 +103,18 @@ def test_the_walker_sees_what_it_must():
     assert "hcld_lib.features.cache" in GRAPH["hcld_lib.features.extract"]
     assert "hcld_lib.io" in GRAPH["hcld_lib.data.iemocap"]
     assert all(_layer(m) in RANK for m in GRAPH["hcld_lib.batch"])
+
+
+def test_a_training_process_imports_no_more_than_training_needs():
+    """A grid worker imports the training code once per process: the synthetic voice
+    (scipy.signal), the Hugging Face stack and the compiler stay out of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hcld_lib.training.run, hcld_lib.experiments.grid; "
+            "from hcld_lib.runtime import set_seed; set_seed(0); "
+            "print(sorted(m for m in ('scipy.signal', 'transformers', 'torch._inductor') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

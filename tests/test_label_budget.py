@@ -18,7 +18,7 @@ from hcld_lib.io import HcldError
 
 
 def test_label_budget_runs_and_resumes(cache_path, tmp_path, monkeypatch):
-    base = _config(cache_path, tmp_path, "hcld", epochs=1)
+    base = _config(cache_path, tmp_path, "hcld", max_epochs=1)
     spk = _stand_in_embeddings(cache_path)
     df = label_budget_experiment(base, spk, fractions=(0.5, 1.0), folds=[0], out_dir=tmp_path,
                                  k=2, pretrain_epochs=1, progress=False, engine="serial")
@@ -51,7 +51,7 @@ def test_label_budget_runs_and_resumes(cache_path, tmp_path, monkeypatch):
 
 
 def test_label_budget_rejects_bad_arguments(cache_path, tmp_path):
-    base = _config(cache_path, tmp_path, "hcld", epochs=1)
+    base = _config(cache_path, tmp_path, "hcld", max_epochs=1)
     spk = _stand_in_embeddings(cache_path)
     with pytest.raises(HcldError, match="unknown condition"):
         label_budget_experiment(base, spk, conditions=("magic",), out_dir=tmp_path)

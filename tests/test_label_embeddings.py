@@ -105,21 +105,42 @@ def test_hf_local_folder_same_path(tiny_roberta, monkeypatch, tmp_path):
     torch.testing.assert_close(custom.text_embeddings[0], anchors.text_embeddings[0])
 
 
-def test_cache_file_is_written_and_reused(tiny_roberta, monkeypatch, tmp_path):
+def test_label_embeddings_are_computed_once_per_machine_and_read_back(tiny_roberta, monkeypatch,
+                                                                     tmp_path):
+    import shutil
+
+    from hcld_lib.runtime import cache_home
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    first = LabelAnchors(list(EMOTIONS), 8, f"hf:{tiny_roberta}", cache_dir=tmp_path)
-    files = list(tmp_path.glob("label_text_*.npy"))
+    monkeypatch.setenv("HCLD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(label_embeddings, "_MEMO", {})
+    words = label_words(EMOTIONS)
+    fresh = encode_words(str(tiny_roberta), words)
+    first = LabelAnchors(list(EMOTIONS), 8, f"hf:{tiny_roberta}")
+    torch.testing.assert_close(first.text_embeddings, fresh, rtol=0, atol=0)
+    files = list((cache_home() / "label_text").glob("*.npy"))
     assert len(files) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached embeddings should have been used")
 
     monkeypatch.setattr(label_embeddings, "encode_words", fail)
-    second = LabelAnchors(list(EMOTIONS), 8, f"hf:{tiny_roberta}", cache_dir=tmp_path)
-    torch.testing.assert_close(second.text_embeddings, first.text_embeddings)
-    # other words -> another key -> recomputed (here: the failing encoder is called)
+    monkeypatch.setattr(label_embeddings, "_MEMO", {})  # a new process: only the file is left
+    second = LabelAnchors(list(EMOTIONS), 8, f"hf:{tiny_roberta}")
+    torch.testing.assert_close(second.text_embeddings, fresh, rtol=0, atol=0)
+    # other words, or the same words through a changed model, are another key: recomputed
     with pytest.raises(AssertionError, match="cached"):
-        LabelAnchors(["neu", "sad"], 8, f"hf:{tiny_roberta}", cache_dir=tmp_path)
+        LabelAnchors(["neu", "sad"], 8, f"hf:{tiny_roberta}")
+    changed = shutil.copytree(tiny_roberta, tmp_path / "changed")
+    config = json.loads((changed / "config.json").read_text())
+    (changed / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-6}))
+    with pytest.raises(AssertionError, match="cached"):
+        LabelAnchors(list(EMOTIONS), 8, f"hf:{changed}")
+    # a damaged cache file is refused with its name
+    files[0].write_bytes(b"garbage")
+    monkeypatch.setattr(label_embeddings, "_MEMO", {})
+    with pytest.raises(HcldError, match=files[0].name):
+        LabelAnchors(list(EMOTIONS), 8, f"hf:{tiny_roberta}")
 
 
 def test_missing_model_offline_is_a_clear_error(monkeypatch, tmp_path):

@@ -10,14 +10,14 @@ import torch
 from hcld_lib.io import HcldError
 from hcld_lib.method.losses import (
     icld_loss,
-    label_anchored_loss,
+    lcl_loss,
     masked_contrastive_loss,
-    objective,
-    orthogonality_loss,
+    orth_loss,
     speaker_emotion_pairs,
     supcon_loss,
 )
 from hcld_lib.method.models import DualBranchModel
+from hcld_lib.method.terms import objective
 
 E = math.e
 
@@ -60,20 +60,22 @@ def icld_case():
     return x_e, x_s, labels(0, 1, 0, 1), labels(0, 0, 1, 1)
 
 
-def test_icld_by_hand_text_hinge_default():
+def test_icld_by_hand_below_margin_hinge_default():
     x_e, x_s, emo, spk = icld_case()
     out = icld_loss(x_e, x_s, emo, spk, margin=0.2)
     # L_pos = mean((1 - 0)^2, (1 - 0.5)^2) = (1 + 0.25) / 2 = 0.625
     assert out["pos"].item() == pytest.approx(0.625, abs=1e-9)
-    # L_neg (text) = mean(max(0, 0.5 - 0.2)^2, max(0, 0 - 0.2)^2) = (0.09 + 0) / 2 = 0.045
+    # L_neg (below: the text's reading) = mean(max(0, 0.5 - 0.2)^2, max(0, 0 - 0.2)^2)
+    #       = (0.09 + 0) / 2 = 0.045
     assert out["neg"].item() == pytest.approx(0.045, abs=1e-9)
     assert out["total"].item() == pytest.approx(0.67, abs=1e-9)
 
 
 def test_icld_printed_hinge_and_speaker_pos_space():
     x_e, x_s, emo, spk = icld_case()
-    printed = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="printed")
-    # L_neg (printed) = mean(max(0, 0.2 - 0.5)^2, max(0, 0.2 - 0)^2) = (0 + 0.04) / 2 = 0.02
+    printed = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="above")
+    # L_neg (above: as printed) = mean(max(0, 0.2 - 0.5)^2, max(0, 0.2 - 0)^2)
+    #       = (0 + 0.04) / 2 = 0.02
     assert printed["neg"].item() == pytest.approx(0.02, abs=1e-9)
     on_speaker = icld_loss(x_e, x_s, emo, spk, margin=0.2, pos_space="speaker")
     # L_pos on X_s: (0,1): 0 vs 90 deg, cos 0 -> 1; (2,3): 60 vs 180 deg, cos -0.5 -> 1.5^2 = 2.25
@@ -87,8 +89,8 @@ def test_icld_single_negative_pair_cos_half():
     x_e = vecs(unit(0), unit(10))
     x_s = vecs(unit(0), unit(60))
     emo, spk = labels(3, 3), labels(0, 1)
-    text = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="text")
-    printed = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="printed")
+    text = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="below")
+    printed = icld_loss(x_e, x_s, emo, spk, margin=0.2, hinge="above")
     assert text["neg"].item() == pytest.approx((0.5 - 0.2) ** 2, abs=1e-9)  # 0.09
     assert printed["neg"].item() == 0.0  # max(0, 0.2 - 0.5) = 0
     assert text["pos"].item() == 0.0  # no same-speaker pair
@@ -178,12 +180,12 @@ def test_label_anchored_by_hand_and_include_self_switch():
     label_emb = vecs(unit(0), unit(0, 2.0), unit(90))
     x_e = vecs(unit(0), unit(90), unit(90, 3.0))
     emo = labels(0, 0, 1)
-    excl = label_anchored_loss(label_emb, x_e, emo, temperature=1.0)
+    excl = lcl_loss(label_emb, x_e, emo, temperature=1.0)
     # A(i) excludes i. anchor 0 (1,0): A={1,2}, P={1}; logits 0, 0 -> -log(1/2) = log 2
     # anchor 1 (1,0): A={0,2}, P={0}; logits 1, 0 -> -log(e/(e+1)) = log(1 + 1/e)
     # anchor 2 (0,1): A={0,1}, P={} -> left out
     assert excl.item() == pytest.approx((math.log(2) + math.log(1 + 1 / E)) / 2, abs=1e-9)
-    incl = label_anchored_loss(label_emb, x_e, emo, temperature=1.0, include_self=True)
+    incl = lcl_loss(label_emb, x_e, emo, temperature=1.0, include_self=True)
     # A(i) = all. anchors 0 and 1 (1,0): logits 1, 0, 0; P={0,1}
     #   -1/2 [(1 - log(e+2)) + (0 - log(e+2))] = log(e + 2) - 1/2
     # anchor 2 (0,1): logits 0, 1, 1; P={2}: -log(e / (1 + 2e)) = log(1 + 2e) - 1
@@ -194,7 +196,7 @@ def test_label_anchored_by_hand_and_include_self_switch():
 
 def test_label_anchored_rejects_unprojected_labels():
     with pytest.raises(HcldError, match="project"):
-        label_anchored_loss(torch.randn(4, 384), torch.randn(4, 8), labels(0, 1, 0, 1))
+        lcl_loss(torch.randn(4, 384), torch.randn(4, 8), labels(0, 1, 0, 1))
 
 
 # --- orthogonality ------------------------------------------------------------------------------
@@ -206,55 +208,64 @@ def test_orthogonality_zero_for_orthogonal_and_positive_for_identical():
     c = [1.0, -1.0, -1.0, 1.0]  # a, b, c: zero-mean, pairwise orthogonal columns
     x_e = torch.tensor([a, b], dtype=torch.float64).T.requires_grad_(True)  # [4, 2]
     x_s = torch.tensor([c], dtype=torch.float64).T * 3.0 + 7.0  # [4, 1], shift/scale-free
-    assert orthogonality_loss(x_e, x_s).item() == pytest.approx(0.0, abs=1e-12)
+    assert orth_loss(x_e, x_s).item() == pytest.approx(0.0, abs=1e-12)
     # identical single column a: Z = a / sqrt(1 + eps); Z^T Z = 4 / (1 + eps); 16 / 4 = 4
     col = torch.tensor([a], dtype=torch.float64).T
-    same = orthogonality_loss(col, col, eps=1e-5, form="batch")
+    same = orth_loss(col, col, eps=1e-5, form="batch")
     assert same.item() == pytest.approx(4.0 / (1 + 1e-5) ** 2, rel=1e-9)
     # correlation form: (4 / (1 + eps))^2 / (B^2 * E_e * E_s) = 16 / (1 + eps)^2 / 16
-    same_corr = orthogonality_loss(col, col, eps=1e-5)
+    same_corr = orth_loss(col, col, eps=1e-5)
     assert same_corr.item() == pytest.approx(1.0 / (1 + 1e-5) ** 2, rel=1e-9)
     torch.manual_seed(0)
     x = torch.randn(32, 6)
-    assert orthogonality_loss(x, x).item() > orthogonality_loss(x, torch.randn(32, 6)).item()
+    assert orth_loss(x, x).item() > orth_loss(x, torch.randn(32, 6)).item()
 
 
 def test_orthogonality_correlation_form_is_the_batch_form_rescaled():
     torch.manual_seed(1)
     x_e, x_s = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
-    batch = orthogonality_loss(x_e, x_s, form="batch")
-    corr = orthogonality_loss(x_e, x_s, form="correlation")
+    batch = orth_loss(x_e, x_s, form="batch")
+    corr = orth_loss(x_e, x_s, form="correlation")
     assert corr.item() == pytest.approx(batch.item() / (16 * 5 * 3), rel=1e-12)
     assert 0.0 <= corr.item() <= 1.0
     with pytest.raises(HcldError, match="form='frobenius'"):
-        orthogonality_loss(x_e, x_s, form="frobenius")
+        orth_loss(x_e, x_s, form="frobenius")
 
 
 # --- task loss ----------------------------------------------------------------------------------
 
 
 def test_objective_adds_the_weighted_terms_it_computes():
+    from hcld_lib.method.terms import SETTINGS, WEIGHTS, objective
+
+    def settings(**weights):
+        return {**{w: 0.0 for w in WEIGHTS}, **{k: v.default for k, v in SETTINGS.items()},
+                "w_ce_emotion": 1.0, "w_ce_speaker": 1.0, **weights}
+
     # uniform logits: CE = log(n_classes); embeddings that make every contrastive term exact
     out = {"x_e": torch.tensor([unit(0), unit(90), unit(0)], dtype=torch.float64),
            "x_s": torch.tensor([unit(0), unit(0), unit(90)], dtype=torch.float64),
            "emotion_logits": torch.zeros(3, 4, dtype=torch.float64),
            "speaker_logits": torch.zeros(3, 10, dtype=torch.float64)}
     emo, spk = labels(0, 1, 0), labels(0, 0, 1)
-    task_only = dict(w_cld=0.0, w_supcon=0.0, w_label=0.0)
-    total, terms = objective(out, emo, spk, **task_only)
+    total, terms = objective(out, emo, spk, settings())
     assert set(terms) == {"ce_emotion", "ce_speaker"}
     assert total.item() == pytest.approx(math.log(4) + math.log(10))
-    total, terms = objective(out, emo, spk, w_task_speaker=0.5, **task_only)
+    total, terms = objective(out, emo, spk, settings(w_ce_speaker=0.5))
     assert total.item() == pytest.approx(math.log(4) + 0.5 * math.log(10))
     # ICLD: positive pair (0, 1) is orthogonal in X_e -> (1 - 0)^2; negative pair (0, 2) is
     # orthogonal in X_s -> max(0, 0 - 0)^2 = 0
-    total, terms = objective(out, emo, spk, w_supcon=0.0, w_label=0.0, w_cld=2.0)
+    total, terms = objective(out, emo, spk, settings(w_icld=2.0))
+    assert set(terms) == {"ce_emotion", "ce_speaker", "icld_pos", "icld_neg", "icld"}
     assert terms["icld_pos"].item() == pytest.approx(1.0)
     assert terms["icld_neg"].item() == pytest.approx(0.0)
     assert total.item() == pytest.approx(math.log(4) + math.log(10) + 2.0)
-    # the label term needs anchors; without them it is left out
-    _, terms = objective(out, emo, spk, w_cld=0.0, w_supcon=0.0)
-    assert "label" not in terms
+    # a term that trains a network of its own needs it
+    with pytest.raises(HcldError, match="'lcl' trains a network"):
+        objective(out, emo, spk, settings(w_lcl=1.0))
+    # a term on X_s without a speaker branch is a clear error
+    with pytest.raises(HcldError, match="no speaker branch"):
+        objective({**out, "x_s": None, "speaker_logits": None}, emo, spk, settings())
 
 
 # --- degenerate batches -------------------------------------------------------------------------
@@ -265,13 +276,13 @@ def all_losses(x_e, x_s, emo, spk, label_emb):
     return {
         "icld_pos": icld["pos"],
         "icld_neg": icld["neg"],
-        "icld_printed": icld_loss(x_e, x_s, emo, spk, margin=0.1, hinge="printed")["total"],
+        "icld_printed": icld_loss(x_e, x_s, emo, spk, margin=0.1, hinge="above")["total"],
         "icld_speaker": icld_loss(x_e, x_s, emo, spk, pos_space="speaker")["total"],
         "supcon": supcon_loss(x_e, emo),
         "supcon_spk": supcon_loss(x_s, spk),
-        "label": label_anchored_loss(label_emb, x_e, emo),
-        "label_self": label_anchored_loss(label_emb, x_e, emo, include_self=True),
-        "orth": orthogonality_loss(x_e, x_s),
+        "label": lcl_loss(label_emb, x_e, emo),
+        "label_self": lcl_loss(label_emb, x_e, emo, include_self=True),
+        "orth": orth_loss(x_e, x_s),
     }
 
 
@@ -311,13 +322,31 @@ def test_empty_pair_set_gradient_is_zero():
 # --- the total HCLD loss through the model ------------------------------------------------------
 
 
+class _FixedAnchors(torch.nn.Module):
+    """Stands in for the label anchors: a learnable [K, E] table, one row per emotion."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, emotion: torch.Tensor) -> torch.Tensor:
+        return self.table[emotion]
+
+
+def _hcld(**changes):
+    from hcld_lib.training.config import RunConfig
+
+    return RunConfig(variant="hcld", **changes).settings()
+
+
 def test_total_hcld_loss_reaches_both_branches():
     torch.manual_seed(0)
     model = DualBranchModel(
         input_dim=6, n_emotions=4, n_speakers=3, emotion_arch="cnn", speaker_arch="lstm",
         embed_dim=8, hidden_dim=8, n_layers=1, dropout=0.0,
     )
-    label_emb = torch.randn(4, 8, requires_grad=True)
+    anchors = _FixedAnchors(torch.randn(4, 8))
+    label_emb = anchors.table
     x = torch.randn(8, 12, 6)
     lengths = torch.tensor([12, 9, 5, 12, 7, 3, 12, 10])
     emo = labels(0, 1, 2, 3, 0, 1, 2, 3)
@@ -326,13 +355,13 @@ def test_total_hcld_loss_reaches_both_branches():
     contrastive = (
         icld_loss(out["x_e"], out["x_s"], emo, spk)["total"]
         + supcon_loss(out["x_e"], emo)
-        + label_anchored_loss(label_emb[emo], out["x_e"], emo)
+        + lcl_loss(label_emb[emo], out["x_e"], emo)
     )
     # the contrastive terms alone already reach the speaker branch (through L_neg)
     spk_params = list(model.speaker_encoder.parameters())
     grads = torch.autograd.grad(contrastive, spk_params, retain_graph=True)
     assert any(g.abs().sum() > 0 for g in grads)
-    total, _ = objective(out, emo, spk, label_emb[emo])
+    total, _ = objective(out, emo, spk, _hcld(), {"lcl": anchors})
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -351,8 +380,9 @@ def _emotion_grads(branches: str, drop_speaker_terms: bool) -> list[torch.Tensor
     torch.manual_seed(1)
     x, lengths = torch.randn(8, 12, 6), torch.tensor([12, 9, 5, 12, 7, 3, 12, 10])
     emo, spk = labels(0, 1, 2, 3, 0, 1, 2, 3), labels(0, 0, 1, 1, 2, 2, 0, 1)
-    label_emb = torch.randn(4, 8)[emo]
-    total, terms = objective(model(x, lengths), emo, spk, label_emb, margin=-0.5)
+    anchors = _FixedAnchors(torch.randn(4, 8))
+    total, terms = objective(model(x, lengths), emo, spk, _hcld(icld_margin=-0.5),
+                             {"lcl": anchors})
     if drop_speaker_terms:
         total = total - terms["ce_speaker"] - terms["icld_neg"]
     params = list(model.emotion_path().parameters())

@@ -50,7 +50,7 @@ def _parameters(tree: Path) -> dict:
     return dict(
         profile="quick",
         n_utterances=100,
-        epochs=1,
+        max_epochs=1,
         folds=2,
         archs=["cnn"],
         seeds=[0],

@@ -24,7 +24,7 @@ TINY = dict(
     batch_size=16,
     lr=3e-3,
     warmup_epochs=0,
-    text_encoder="learned",
+    lcl_text_encoder="learned",
     val_fraction=0.2,
     n_folds=2,
     device="cpu",
@@ -217,19 +217,33 @@ def test_pseudo_labels_of_wrong_length_are_an_error(cache_path, tmp_path):
         pretrain_emotion_encoder(config, np.zeros(7, np.int64), tmp_path / "x.pt", epochs=1)
 
 
-def test_pretrained_encoder_loads_into_train_run(pretrained, tmp_path):
+def _starting_state(monkeypatch) -> dict:
+    """Patch training so that it records the model's state when training starts."""
+    import hcld_lib.training.run as run_module
+
+    seen: dict = {}
+    real_fit = run_module.fit
+
+    def recording_fit(module, *args, **kwargs):
+        seen.update({k: v.detach().clone() for k, v in module["model"].state_dict().items()})
+        return real_fit(module, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", recording_fit)
+    return seen
+
+
+def test_pretrained_encoder_loads_into_train_run(pretrained, tmp_path, monkeypatch):
     from hcld_lib.training.run import train_run
 
     config, _, result = pretrained
-    # lr = 0: the fine-tuned encoder must be exactly the pretrained one
     run = config.replace(out_dir=str(tmp_path), init_emotion_encoder=str(result["path"]),
-                         epochs=1, lr=0.0)
+                         max_epochs=1)
+    start = _starting_state(monkeypatch)
     train_run(run)
-    saved = torch.load(tmp_path / run.resolved_run_name / "model.pt", weights_only=False)
     pre = torch.load(result["path"], weights_only=True)["emotion_path"]
     assert pre and all(name.startswith("emotion_encoder.") for name in pre)
-    for name, value in pre.items():
-        assert torch.equal(saved["model"][name], value), name
+    for name, value in pre.items():  # fine-tuning starts from exactly the pretrained encoder
+        assert torch.equal(start[name], value), name
 
 
 def test_shape_mismatch_is_a_clear_error(pretrained, tmp_path):
@@ -237,13 +251,13 @@ def test_shape_mismatch_is_a_clear_error(pretrained, tmp_path):
 
     config, _, result = pretrained
     run = config.replace(out_dir=str(tmp_path), init_emotion_encoder=str(result["path"]),
-                         hidden_dim=24, epochs=1)
+                         hidden_dim=24, max_epochs=1)
     with pytest.raises(HcldError, match="does not fit"):
         train_run(run)
 
 
 @pytest.mark.parametrize("branches", ["separate", "shared"])
-def test_the_pretrained_layer_mix_is_saved_and_reloaded(tmp_path, branches):
+def test_the_pretrained_layer_mix_is_saved_and_reloaded(tmp_path, branches, monkeypatch):
     """On an all-layer cache the emotion path starts with a learnable layer sum: pretraining
     trains it, saves it with the encoder, and fine-tuning starts from it (lr = 0: unchanged)."""
     from hcld_lib.training.run import load_model, train_run
@@ -259,10 +273,12 @@ def test_the_pretrained_layer_mix_is_saved_and_reloaded(tmp_path, branches):
     state = torch.load(result["path"], weights_only=True)["emotion_path"]
     mix = "emotion_layers.weights" if branches == "separate" else "layers.weights"
     assert mix in state and state[mix].abs().max() > 0  # trained away from the uniform start
-    run = config.replace(init_emotion_encoder=str(result["path"]), epochs=1, lr=0.0)
+    run = config.replace(init_emotion_encoder=str(result["path"]), max_epochs=1)
+    start = _starting_state(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_run(run)
     model, _ = load_model(tmp_path / "runs" / run.resolved_run_name)
-    for name, value in state.items():
-        assert torch.equal(model.emotion_path().state_dict()[name], value), name
+    assert set(state) == set(model.emotion_path().state_dict())
+    for name, value in state.items():  # fine-tuning starts from the pretrained path
+        assert torch.equal(start[name], value), name

@@ -12,12 +12,12 @@ import torch
 from helpers import all_layer_cache
 
 from hcld_lib.io import HcldError
+from hcld_lib.method.terms import TERMS
 from hcld_lib.method.variants import VARIANTS
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.run import (
     embed,
     label_budget_subset,
-    sampler_needs,
     train_run,
 )
 
@@ -29,7 +29,7 @@ TINY = dict(
     batch_size=16,
     lr=3e-3,
     warmup_epochs=1,
-    text_encoder="learned",  # the MiniLM path is tested in test_label_embeddings
+    lcl_text_encoder="learned",  # the MiniLM path is tested in test_label_embeddings
     val_fraction=0.2,
     device="cpu",
 )
@@ -70,7 +70,7 @@ def _result(metrics):
 @pytest.fixture(scope="module")
 def emo_only_run(cache_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config = _config(cache_path, out, "emo_only", epochs=6)
+    config = _config(cache_path, out, "emo_only", max_epochs=6)
     return config, train_run(config)
 
 
@@ -86,14 +86,6 @@ def test_label_budget_subset_is_stratified_seeded_and_keeps_classes():
     assert not np.array_equal(sub, label_budget_subset(rows, emotion, 0.1, seed=1))
     assert np.bincount(emotion[label_budget_subset(rows, emotion, 0.01, 0)]).tolist() == [1, 1, 1]
     assert np.array_equal(label_budget_subset(rows, emotion, 1.0, 0), rows)
-
-
-def test_sampler_needs_follow_the_loss_weights():
-    assert sampler_needs(RunConfig(variant="emo_only")) == ()
-    assert sampler_needs(RunConfig(variant="orth")) == ()
-    assert sampler_needs(RunConfig(variant="hcld")) == ("emotion", "speaker_emotion")
-    assert sampler_needs(RunConfig(variant="hcld_wo_lcl", supcon_space="speaker")) == (
-        "speaker", "speaker_emotion")
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -143,24 +135,21 @@ def test_emo_only_saves_no_speaker_embeddings_and_embed_reproduces_them(emo_only
 def test_every_variant_runs_one_epoch_with_finite_losses(variant, cache_path, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the sampler may warn about speakers with one emotion
-        metrics = train_run(_config(cache_path, tmp_path, variant, epochs=1))
+        metrics = train_run(_config(cache_path, tmp_path, variant, max_epochs=1))
     history = pd.read_csv(tmp_path / metrics["run_name"] / "history.csv")
     config = RunConfig(variant=variant)
-    used = {
-        "loss_ce_emotion": config.w_task_emotion, "loss_ce_speaker": config.w_task_speaker,
-        "loss_icld": config.w_cld, "loss_supcon": config.w_supcon,
-        "loss_label": config.w_label, "loss_orth": config.w_orth,
-    }
-    for column, weight in used.items():
-        value = history.loc[0, column]
-        assert math.isfinite(value) if weight > 0 else math.isnan(value), column
+    for term in TERMS:
+        weight = getattr(config, term.weight)
+        for column in term.logged:
+            value = history.loc[0, f"loss_{column}"]
+            assert math.isfinite(value) if weight > 0 else math.isnan(value), column
     assert math.isfinite(history.loc[0, "loss"])
     with np.load(tmp_path / metrics["run_name"] / "embeddings.npz") as z:
         assert ("x_s" in z.files) == config.speaker_branch
 
 
 def test_loso_reports_speakers_on_speaker_test(cache_path, tmp_path):
-    metrics = train_run(_config(cache_path, tmp_path, "hcld", epochs=1, protocol="loso",
+    metrics = train_run(_config(cache_path, tmp_path, "hcld", max_epochs=1, protocol="loso",
                                 n_folds=5, fold=1))
     assert metrics["test"]["speaker"] is None  # test speakers are unseen in training
     assert metrics["speaker_test"]["speaker"]["n"] == metrics["n_speaker_test"] > 0
@@ -172,15 +161,15 @@ def test_loso_reports_speakers_on_speaker_test(cache_path, tmp_path):
 
 
 def test_killed_run_resumes_to_exactly_the_same_metrics(cache_path, tmp_path):
-    whole = train_run(_config(cache_path, tmp_path / "a", epochs=3))
-    again = train_run(_config(cache_path, tmp_path / "b", epochs=3))
+    whole = train_run(_config(cache_path, tmp_path / "a", max_epochs=3))
+    again = train_run(_config(cache_path, tmp_path / "b", max_epochs=3))
     assert _result(again) == _result(whole)  # seeded: the same run twice
 
     def kill_after_one(epoch, row):
         if epoch == 1:
             raise KeyboardInterrupt
 
-    config = _config(cache_path, tmp_path / "c", epochs=3)
+    config = _config(cache_path, tmp_path / "c", max_epochs=3)
     with pytest.raises(KeyboardInterrupt):
         train_run(config, on_epoch_end=kill_after_one)
     run_dir = tmp_path / "c" / config.resolved_run_name
@@ -208,7 +197,7 @@ def test_finished_run_is_skipped(emo_only_run, monkeypatch):
     monkeypatch.setattr(run, "open_cache", no_training)
     assert train_run(config) == metrics
     # the same folder asked for with other settings is refused, not silently reused
-    other = config.replace(epochs=config.epochs + 1)
+    other = config.replace(max_epochs=config.max_epochs + 1)
     with pytest.raises(HcldError, match="holds a finished run with other settings"):
         train_run(other)
 
@@ -217,13 +206,15 @@ def test_bad_init_emotion_encoder_names_the_file(cache_path, tmp_path):
     garbage = tmp_path / "encoder.pt"
     garbage.write_bytes(b"not a state dict")
     with pytest.raises(HcldError, match="encoder.pt"):
-        train_run(_config(cache_path, tmp_path / "r1", epochs=1, init_emotion_encoder=str(garbage)))
+        train_run(_config(cache_path, tmp_path / "r1", max_epochs=1,
+                          init_emotion_encoder=str(garbage)))
     wrong = tmp_path / "wrong_shape.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(HcldError, match="wrong_shape.pt"):
-        train_run(_config(cache_path, tmp_path / "r2", epochs=1, init_emotion_encoder=str(wrong)))
+        train_run(_config(cache_path, tmp_path / "r2", max_epochs=1,
+                          init_emotion_encoder=str(wrong)))
     with pytest.raises(HcldError, match="missing.pt"):
-        train_run(_config(cache_path, tmp_path / "r3", epochs=1,
+        train_run(_config(cache_path, tmp_path / "r3", max_epochs=1,
                           init_emotion_encoder=str(tmp_path / "missing.pt")))
 
 
@@ -234,7 +225,7 @@ def test_init_emotion_encoder_loads_the_weights(emo_only_run, cache_path, tmp_pa
     model, _ = load_model(f"{config.out_dir}/{config.resolved_run_name}")
     path = tmp_path / "pretrained.pt"
     torch.save({"emotion_path": model.emotion_state()}, path)
-    metrics = train_run(_config(cache_path, tmp_path, "emo_only", epochs=1, lr=1e-12,
+    metrics = train_run(_config(cache_path, tmp_path, "emo_only", max_epochs=1, lr=1e-12,
                                 warmup_epochs=0, dropout=0.0, init_emotion_encoder=str(path)))
     loaded, _ = load_model(tmp_path / metrics["run_name"])
     trained = dict(loaded.emotion_encoder.named_parameters())
@@ -254,7 +245,7 @@ def test_all_layer_cache_trains_a_learnable_layer_sum(tmp_path, monkeypatch):
     cache = all_layer_cache(tmp_path)
     assert cache.n_layers == 3 and cache.array.ndim == 4  # [N, L, T, D]: input + 2 layers
 
-    config = _config(str(cache.path), tmp_path / "runs", "hcld", epochs=2, n_folds=2)
+    config = _config(str(cache.path), tmp_path / "runs", "hcld", max_epochs=2, n_folds=2)
     metrics = train_run(config)
     assert math.isfinite(metrics["test"]["emotion"]["ua"])
     model, _ = load_model(Path(config.out_dir) / config.resolved_run_name)
@@ -269,7 +260,7 @@ def test_all_layer_cache_trains_a_learnable_layer_sum(tmp_path, monkeypatch):
 def test_tensorboard_curves_hold_each_epoch_once_after_a_resume(cache_path, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = _config(cache_path, tmp_path, "hcld", epochs=3)
+    config = _config(cache_path, tmp_path, "hcld", max_epochs=3)
 
     def kill_after_two(epoch, row):
         if epoch == 2:
@@ -309,3 +300,74 @@ def test_a_resumed_log_discards_the_epochs_after_its_checkpoint(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("loss/total")] == [
         (1, 1.0), (2, 0.5), (3, 0.25)]
     assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+
+
+# --- how long a run trains: the plateau rule, budgets ------------------------------------------
+
+PLATEAU = dict(stop_at_plateau=True, patience=2, plateau_window=1, min_epochs=3, max_epochs=40)
+
+
+def test_a_run_stops_at_its_plateau_and_says_so(cache_path, tmp_path):
+    from hcld_lib.training.stopping import plateau_epoch, selected_epoch
+
+    metrics = train_run(_config(cache_path, tmp_path, "emo_only", **PLATEAU))
+    history = pd.read_csv(tmp_path / metrics["run_name"] / "history.csv")
+    curve = history["val_emotion_ua"].tolist()
+    first = plateau_epoch(curve, patience=2, window=1)
+    assert first is not None
+    assert metrics["stop_reason"] == "plateau" and metrics["converged"]
+    assert metrics["epochs_trained"] == len(history) == max(first, 3) < 40
+    assert metrics["plateau_epoch"] == first
+    assert metrics["selected_epoch"] == selected_epoch(curve)
+
+
+def test_a_run_that_ends_while_still_improving_is_not_converged(cache_path, tmp_path):
+    metrics = train_run(_config(cache_path, tmp_path, "emo_only", max_epochs=3,
+                                stop_at_plateau=True, patience=10, min_epochs=1))
+    assert metrics["epochs_trained"] == 3 and metrics["stop_reason"] == "max_epochs"
+    assert metrics["converged"] is False and metrics["plateau_epoch"] is None
+
+
+def test_a_killed_run_with_patience_resumes_to_the_same_stop(cache_path, tmp_path):
+    whole = train_run(_config(cache_path, tmp_path / "a", **PLATEAU))
+    config = _config(cache_path, tmp_path / "b", **PLATEAU, checkpoint_every=2)
+
+    def kill_at(epoch_to_kill):
+        def kill(epoch, row):
+            if epoch == epoch_to_kill:
+                raise KeyboardInterrupt
+        return kill
+
+    with pytest.raises(KeyboardInterrupt):  # between two checkpoints
+        train_run(config, on_epoch_end=kill_at(3))
+    resumed = train_run(config)
+    assert _result(resumed) == _result(whole)
+    assert resumed["epochs_trained"] == whole["epochs_trained"]
+    assert resumed["plateau_epoch"] == whole["plateau_epoch"]
+    history = lambda root: pd.read_csv(root / whole["run_name"] / "history.csv")  # noqa: E731
+    pd.testing.assert_frame_equal(history(tmp_path / "a").drop(columns="seconds"),
+                                  history(tmp_path / "b").drop(columns="seconds"))
+
+    # killed after its last epoch, before metrics.json: it resumes without training further
+    again = _config(cache_path, tmp_path / "c", **PLATEAU)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(again, on_epoch_end=kill_at(whole["epochs_trained"]))
+    seen = []
+    finished = train_run(again, on_epoch_end=lambda epoch, row: seen.append(epoch))
+    assert seen == [] and _result(finished) == _result(whole)
+
+
+def test_a_shorter_budget_is_exactly_the_first_epochs_of_a_longer_run(cache_path, tmp_path):
+    from hcld_lib.training.stopping import at_budget
+
+    long = train_run(_config(cache_path, tmp_path / "long", "hcld", max_epochs=5))
+    short = train_run(_config(cache_path, tmp_path / "short", "hcld", max_epochs=3))
+    h_long = pd.read_csv(tmp_path / "long" / long["run_name"] / "history.csv")
+    h_short = pd.read_csv(tmp_path / "short" / short["run_name"] / "history.csv")
+    pd.testing.assert_frame_equal(h_long.head(3).drop(columns="seconds"),
+                                  h_short.drop(columns="seconds"))
+    row = at_budget(h_long.to_dict("records"), 3)
+    assert row["epoch"] == short["selected_epoch"]
+    assert row["test_emotion_ua"] == pytest.approx(short["test"]["emotion"]["ua"], abs=0)
+    assert row["speaker_test_speaker_ua"] == pytest.approx(
+        short["speaker_test"]["speaker"]["ua"], abs=0)

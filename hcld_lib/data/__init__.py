@@ -6,7 +6,7 @@ single entry point. Modules, in the order of the data flow:
 - :mod:`~hcld_lib.data.labels`: the table's columns and the emotion classes;
 - :mod:`~hcld_lib.data.iemocap`, :mod:`~hcld_lib.data.manifest`: the two corpora users bring;
 - :mod:`~hcld_lib.data.voice`, :mod:`~hcld_lib.data.synthetic`: the embedded synthetic corpus
-  (a source-filter voice; the corpus written from it);
+  (a source-filter voice; the corpus written from it, ``synthetic.synthesize_corpus``);
 - :mod:`~hcld_lib.data.audio`: one waveform per utterance (what feature extraction reads);
 - :mod:`~hcld_lib.data.splits`: the evaluation protocols (paper / loso folds).
 """
@@ -23,7 +23,6 @@ import pandas as pd
 from hcld_lib.data.iemocap import load_iemocap
 from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, emotion_order
 from hcld_lib.data.manifest import load_manifest
-from hcld_lib.data.synthetic import synthesize_corpus
 from hcld_lib.io import HcldError, short_hash
 
 DATASETS: tuple[str, ...] = ("synthetic", "iemocap", "manifest")
@@ -77,6 +76,10 @@ def load_corpus(
         if manifest is None:
             raise HcldError("dataset='manifest' needs manifest=<path of your CSV>")
         return load_manifest(manifest, label_map=label_map)
+    # imported here: the synthetic corpus pulls in scipy.signal (a second and a half), which
+    # training processes, importing this package for its labels and splits, do without
+    from hcld_lib.data.synthetic import synthesize_corpus
+
     if synthetic_dir is None:
         synthetic_dir = default_synthetic_dir(seed, n_utterances, **synth_kwargs)
     return synthesize_corpus(synthetic_dir, n_utterances=n_utterances, seed=seed, **synth_kwargs)
@@ -91,5 +94,4 @@ __all__ = [
     "load_corpus",
     "load_iemocap",
     "load_manifest",
-    "synthesize_corpus",
 ]

@@ -22,7 +22,7 @@ from hcld_lib.experiments.tables import metrics_row
 from hcld_lib.io import HcldError
 from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS, VARIANTS
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.run import train_run
+from hcld_lib.training.run import prepare_shared, train_run
 
 
 def fold_list(folds: int | Iterable[int], n_folds: int) -> list[int]:
@@ -136,6 +136,7 @@ def run_configs(
     if progress and len(todo) < len(configs):
         print(f"[{desc}] {len(configs) - len(todo)} of {len(configs)} runs are already finished",
               flush=True)
+    prepare_shared([configs[i] for i in todo])
     report, bar = _progress(desc, len(todo), progress)
     try:
         run_tasks(_train, [configs[i] for i in todo], engine=engine, address=address,

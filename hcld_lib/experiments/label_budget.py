@@ -144,7 +144,7 @@ def label_budget_experiment(
         conditions: a subset of :data:`CONDITIONS`.
         seeds: training seeds (``None``: ``base.seed``); each fold x seed pretrains once.
         k: clusters per speaker (``None`` = number of emotion classes).
-        pretrain_epochs: ``None`` = ``base.epochs``.
+        pretrain_epochs: ``None`` = ``base.max_epochs``.
         speaker_ce, other_speakers_negative: pretraining switches
             (:func:`hcld_lib.training.pretrain.pretrain_emotion_encoder`).
         engine, address: where the pretrainings and runs go (``experiments.grid.run_configs``).
@@ -164,7 +164,7 @@ def label_budget_experiment(
         raise HcldError(f"fractions {bad_f} must be in (0, 1]")
     fold_list = fold_list_of(folds, base.n_folds)
     out_dir = Path(out_dir) if out_dir is not None else Path(base.out_dir) / "label_budget"
-    pre_epochs = base.epochs if pretrain_epochs is None else int(pretrain_epochs)
+    pre_epochs = base.max_epochs if pretrain_epochs is None else int(pretrain_epochs)
     tasks, runs = label_budget_configs(
         base, speaker_embeddings, fractions, fold_list, [base.seed] if seeds is None else seeds,
         out_dir, conditions, k, pre_epochs, speaker_ce, other_speakers_negative)
@@ -239,6 +239,14 @@ def label_budget_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table.loc[order, present]
 
 
+def fine_tuning_length(base: RunConfig) -> str:
+    """How long a fine-tuning run trains, in words."""
+    if base.stop_at_plateau:
+        return (f"until the validation plateau (patience {base.patience}, at least "
+                f"{min(base.min_epochs, base.max_epochs)} and at most {base.max_epochs} epochs)")
+    return f"{base.max_epochs} epochs"
+
+
 def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
                        pretrain_epochs: int | None, speaker_ce: bool,
                        other_speakers_negative: bool, conditions: Sequence[str]) -> list[str]:
@@ -249,9 +257,9 @@ def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
         f"Pseudo-labels: per-speaker k-means (k = {k or 'number of emotions'}) of "
         f"{speaker_encoder} embeddings of each fold's whole training part; pretraining never "
         "reads an emotion label.",
-        f"Pretraining: {pretrain_epochs or base.epochs} epochs, temperature {base.temperature}, "
-        f"other speakers as negatives: {other_speakers_negative}, speaker CE: {speaker_ce}. "
-        f"Fine-tuning: {base.epochs} epochs, arch {base.emotion_arch}; the labelled share is "
-        "emotion-stratified and seeded (train_run).",
+        f"Pretraining: {pretrain_epochs or base.max_epochs} epochs, temperature "
+        f"{base.temperature}, other speakers as negatives: {other_speakers_negative}, speaker "
+        f"CE: {speaker_ce}. Fine-tuning: {fine_tuning_length(base)}, arch "
+        f"{base.emotion_arch}; the labelled share is emotion-stratified and seeded (train_run).",
         "Conditions: " + "; ".join(f"{c} = {CONDITION_LABELS[c]}" for c in conditions) + ".",
     ]

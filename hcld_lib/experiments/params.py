@@ -35,12 +35,13 @@ from typing import Any
 import pandas as pd
 
 from hcld_lib.data import DATASETS, load_corpus
+from hcld_lib.experiments.budgets import final_budget
 from hcld_lib.experiments.grid import finished_grid, grid_configs, run_configs
 from hcld_lib.experiments.tables import write_tables
 from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.extract import extract_features
 from hcld_lib.io import HcldError, atomic_write_bytes, short_hash, slug
-from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS
+from hcld_lib.method.variants import ARCHS, TABLE_VARIANTS
 from hcld_lib.training.config import RUN_FIELDS, RunConfig
 
 
@@ -62,6 +63,12 @@ class Profile:
     """The seeds of the open-points chapter (unless ``seeds`` is set)."""
     threads: int | None = None
     """Torch threads per process (``OMP_NUM_THREADS``); ``None`` = torch's default."""
+    budgets: tuple[int, ...] = ()
+    """Shorter training budgets (epochs) at which every comparison is also shown
+    (:mod:`hcld_lib.experiments.budgets`); each must be at most the runs' ``min_epochs``, so that
+    it is an exact prefix of every run."""
+    pretrain_epochs: int = 20
+    """Epochs of cluster pretraining (chapter 07), which has no validation part to stop on."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -70,7 +77,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(
         corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=600),
         run=dict(
-            protocol="paper", n_folds=5, epochs=5, batch_size=64, lr=3e-3, warmup_epochs=1,
+            protocol="paper", n_folds=5, max_epochs=5, batch_size=64, lr=3e-3, warmup_epochs=1,
             embed_dim=64, hidden_dim=64, n_layers=1,
             # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
             frame_stride=8, max_frames=25,
@@ -90,7 +97,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(
         corpus=dict(dataset="iemocap", backbone="torchaudio:hubert_base"),
         run=dict(
-            protocol="paper", n_folds=5, epochs=100, batch_size=32, lr=5e-4, warmup_epochs=5,
+            protocol="paper", n_folds=5, max_epochs=100, batch_size=32, lr=5e-4, warmup_epochs=5,
             embed_dim=256, hidden_dim=256, n_layers=2, frame_stride=1, max_frames=None,
         ),
         folds=5,
@@ -109,7 +116,7 @@ KNOBS: dict[str, Any] = dict(
     protocol=None,
     folds=None,
     seeds=None,
-    epochs=None,
+    max_epochs=None,
     variants=None,
     archs=None,
     device="auto",
@@ -125,7 +132,7 @@ KNOBS: dict[str, Any] = dict(
 
 #: The knobs that change what is computed: the default experiment has each at its default.
 SHAPING: tuple[str, ...] = (
-    "dataset", "iemocap_root", "manifest", "backbone", "protocol", "folds", "seeds", "epochs",
+    "dataset", "iemocap_root", "manifest", "backbone", "protocol", "folds", "seeds", "max_epochs",
     "variants", "archs", "n_utterances", "seed", "overrides",
 )
 
@@ -167,7 +174,7 @@ class Experiment:
     """``None``: a local Ray with one worker per core; ``"auto"`` / ``"ray://host:port"``: a
     running cluster (:mod:`hcld_lib.experiments.engine`)."""
     run_settings: dict[str, Any]
-    """The RunConfig fields every run gets (profile, ``epochs``, ``overrides``)."""
+    """The RunConfig fields every run gets (profile, ``max_epochs``, ``overrides``)."""
     overrides: dict[str, Any]
     work_dir: Path
     results_root: Path
@@ -296,6 +303,41 @@ class Experiment:
         finished_grid([config])
         return config.run_dir
 
+    def base_config(self) -> RunConfig:
+        """The settings every run of this experiment shares (no feature cache is made)."""
+        return RunConfig(**{k: v for k, v in self.run_settings.items() if k in RUN_FIELDS})
+
+    @property
+    def budgets(self) -> list[int]:
+        """The profile's training budgets that every run of this experiment covers: those up to
+        its ``min_epochs`` (capped at ``max_epochs``), below the runs' own end."""
+        base = self.base_config()
+        reach = min(base.min_epochs, base.max_epochs) if base.stop_at_plateau else base.max_epochs
+        return [b for b in profile(self.profile).budgets if b <= reach and b < base.max_epochs]
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """The profile's epochs of cluster pretraining (chapter 07)."""
+        return profile(self.profile).pretrain_epochs
+
+    @property
+    def final_budget(self) -> str:
+        """The label of the runs' own end (``"plateau stop"`` or ``"<max_epochs> epochs"``)."""
+        base = self.base_config()
+        return final_budget(base.stop_at_plateau, base.max_epochs)
+
+    def budget_note(self) -> str:
+        """How long the runs trained, in a sentence for the notes under a table."""
+        c = self.base_config()
+        rule = (f"the plateau rule: the mean validation emotion UA of the last "
+                f"{c.plateau_window} epochs has not improved for {c.patience} epochs")
+        if c.stop_at_plateau:
+            return (f"Runs train until {rule} (at least {min(c.min_epochs, c.max_epochs)}, at "
+                    f"most {c.max_epochs} epochs); a run that reaches {c.max_epochs} without "
+                    "it is not converged. The epoch kept is the best on validation.")
+        return (f"Runs train a fixed {c.max_epochs} epochs; a run counts as converged when "
+                f"{rule} within them. The epoch kept is the best on validation.")
+
     def reading_grid(self) -> tuple[list[str], list[int]]:
         """The architectures and seeds of the open-points chapter: ``archs`` / ``seeds`` when
         given, else the profile's ``reading_archs`` / ``reading_seeds``."""
@@ -374,8 +416,8 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     run = dict(prof.run)
     if given["protocol"]:
         run["protocol"] = given["protocol"]
-    if given["epochs"] is not None:
-        run["epochs"] = int(given["epochs"])
+    if given["max_epochs"] is not None:
+        run["max_epochs"] = int(given["max_epochs"])
     run.update(overrides)
     n_folds = int(run.get("n_folds", 5))
     n_run = int(given["folds"] if given["folds"] is not None else prof.folds)
@@ -398,7 +440,7 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     return Experiment(
         profile=given["profile"], dataset=dataset, backbone=backbone, protocol=run["protocol"],
         corpus_name=corpus, folds=list(range(n_run)), seeds=seeds,
-        variants=_listed(given["variants"], PAPER_VARIANTS),
+        variants=_listed(given["variants"], TABLE_VARIANTS),
         archs=_listed(given["archs"], ARCHS), device=given["device"] or "auto", seed=seed,
         n_utterances=n_utt,
         iemocap_root=(str(Path(given["iemocap_root"]).expanduser().absolute())

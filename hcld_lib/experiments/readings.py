@@ -9,7 +9,12 @@ t-interval, against the paper's direction (HCLD above both, for every architectu
 
 A reading reaches a baseline only where the baseline reads it (the branches layout reaches all
 three; the orth form only orth; the rest only HCLD), so baselines that a reading does not change
-are the same runs as under the as-printed reading (:meth:`RunConfig.reading`), trained once.
+are the same runs as under the as-printed reading (:meth:`RunConfig.departures`), trained once.
+And a reading can be shown not to reach X_e at all: with separate branches, a setting that only
+a term on X_s reads (L_neg's margin and hinge) cannot change the emotion encoder
+(:meth:`RunConfig.emotion_key`). Such a reading's HCLD runs are not trained again: their emotion
+results are, bit for bit, those of the as-printed runs (``emotion_from`` names the run they come
+from; their speaker columns are left empty).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from hcld_lib.analysis.stats import verdict_sentence
+from hcld_lib.experiments import budgets as bd
 from hcld_lib.experiments.comparisons import compare_runs, paper_difference
 from hcld_lib.experiments.grid import grid_configs, run_configs
 from hcld_lib.method.variants import variant_settings
@@ -48,8 +54,8 @@ class Reading:
 #: with our defaults where the paper is silent).
 SWITCH_READINGS: tuple[Reading, ...] = (
     Reading("as printed", "every default of the open-points table"),
-    Reading("L_pos on X_s", "L_pos features", {"pos_space": "speaker"}),
-    Reading("printed hinge", "L_neg form", {"hinge": "printed"}),
+    Reading("L_pos on X_s", "L_pos features", {"icld_pos_space": "speaker"}),
+    Reading("printed hinge", "L_neg form", {"icld_hinge": "above"}),
     Reading("SupCon on X_s", "SupCon space and labels", {"supcon_space": "speaker"}),
     Reading("LCL counts i", "LCL: is i a positive", {"lcl_include_self": True}),
     Reading("shared encoder", "branches", {"branches": "shared"}),
@@ -58,10 +64,10 @@ SWITCH_READINGS: tuple[Reading, ...] = (
 
 #: Small sweeps of the values the paper does not give.
 SWEEP_READINGS: tuple[Reading, ...] = (
-    *(Reading(f"margin {m:g}", "margin m", {"margin": m}) for m in (-0.2, 0.2, 0.5)),
+    *(Reading(f"margin {m:g}", "margin m", {"icld_margin": m}) for m in (-0.2, 0.2, 0.5)),
     *(Reading(f"tau {t:g}", "temperature", {"temperature": t}) for t in (0.05, 0.2, 0.5)),
     *(Reading(f"contrastive x{w:g}", "weight of the contrastive terms",
-              scale={"w_cld": w, "w_supcon": w, "w_label": w}) for w in (0.1, 0.3)),
+              scale={"w_icld": w, "w_supcon": w, "w_lcl": w}) for w in (0.1, 0.3)),
 )
 
 VARIANTS: tuple[str, ...] = ("emo_only", "orth", "hcld")
@@ -80,17 +86,38 @@ def reading_configs(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[
         base, [v], archs, folds, seeds, overrides=r.for_variant(v))] for r in chosen}
 
 
+def emotion_representatives(configs: Sequence[RunConfig]) -> dict[str, RunConfig]:
+    """For each run, by name, the run that is trained for its emotion results: the first of
+    ``configs`` with the same :meth:`RunConfig.emotion_key` (itself, unless an earlier run
+    provably has the same emotion branch)."""
+    first: dict[str, RunConfig] = {}
+    return {c.resolved_run_name: first.setdefault(c.emotion_key(), c) for c in configs}
+
+
 def run_readings(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str],
                  folds: Sequence[int], seeds: Sequence[int], engine: str = "ray",
                  address: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train every run of every reading that has not finished (each run once, however many
-    readings share it); one row per (reading, run), with a ``reading`` column."""
+    """Train every run of every reading that has not finished, each once however many
+    readings share it, and none whose emotion branch is provably that of another run
+    (:func:`emotion_representatives`); one row per (reading, run), with columns ``reading``,
+    ``emotion_from`` (the run its emotion results come from) and ``trained`` (it is that run;
+    otherwise its speaker columns are empty)."""
     by_reading = reading_configs(base, chosen, archs, folds, seeds)
     unique = {c.resolved_run_name: c for configs in by_reading.values() for c in configs}
-    rows = run_configs(list(unique.values()), progress=progress, engine=engine, address=address,
-                       desc="readings").set_index("run_name", drop=False)
-    return pd.concat([rows.loc[[c.resolved_run_name for c in configs]].assign(reading=name)
-                      for name, configs in by_reading.items()], ignore_index=True)
+    source = emotion_representatives(list(unique.values()))
+    trained = {c.resolved_run_name: c for c in source.values()}
+    rows = run_configs(list(trained.values()), progress=progress, engine=engine,
+                       address=address, desc="readings").set_index("run_name", drop=False)
+    out = []
+    for name, configs in by_reading.items():
+        for c in configs:
+            origin = source[c.resolved_run_name].resolved_run_name
+            row = rows.loc[origin].to_dict() | {"run_name": c.resolved_run_name, "reading": name,
+                                                "emotion_from": origin}
+            if origin != c.resolved_run_name:
+                row.update(spk_wa=float("nan"), spk_ua=float("nan"))
+            out.append(row | {"trained": origin == c.resolved_run_name})
+    return pd.DataFrame(out)
 
 
 AS_PRINTED = SWITCH_READINGS[0].name
@@ -120,18 +147,23 @@ def readings_table(rows: pd.DataFrame, chosen: Sequence[Reading]) -> pd.DataFram
                 result = compare_runs(sub, a, b, "emo_ua", paper, where={"arch": arch})
                 out.append({"reading": name, "point": point.get(name, ""), "arch": arch,
                             "comparison": f"HCLD vs {'EMO-only' if b == 'emo_only' else b}",
+                            "a": a, "b": b,
                             "paper": paper, **result, "same_as_printed": same})
     return pd.DataFrame(out)
 
 
 def holding_readings(table: pd.DataFrame) -> list[str]:
-    """The readings under which both of the paper's directions held on every architecture."""
+    """The readings under which both of the paper's directions held on every architecture (at
+    the runs' own end, when ``table`` has several budgets)."""
+    table = bd.final_rows(table)
     held = table.groupby("reading", sort=False)["verdict"].apply(lambda v: (v == "held").all())
     return [name for name, ok in held.items() if ok]
 
 
 def reading_sentences(table: pd.DataFrame) -> list[str]:
-    """One sentence per reading: does the paper's direction reproduce under it?"""
+    """One sentence per reading: does the paper's direction reproduce under it (at the runs' own
+    end, when ``table`` has several budgets)?"""
+    table = bd.final_rows(table)
     lines = []
     for name, sub in table.groupby("reading", sort=False):
         parts = [verdict_sentence(f"{r['comparison']} ({r['arch']})", r).rstrip(".")
@@ -151,6 +183,7 @@ def reading_sentences(table: pd.DataFrame) -> list[str]:
 
 def readings_summary(table: pd.DataFrame, corpus: str) -> str:
     """The sentence the report leads with: under which reading(s) the paper's claims hold."""
+    table = bd.final_rows(table)
     held = holding_readings(table)
     n = int(table["n_pairs"].min()) if len(table) else 0
     if not held:
@@ -160,3 +193,23 @@ def readings_summary(table: pd.DataFrame, corpus: str) -> str:
     return (f"On {corpus}, the paper's claims (HCLD above EMO-only and above orth, on every "
             f"architecture run) hold under: {', '.join(held)} (95 % intervals over at least "
             f"{n} (fold, seed) pairs).")
+
+
+def readings_by_budget(budgeted: pd.DataFrame, chosen: Sequence[Reading]) -> pd.DataFrame:
+    """:func:`readings_table` at every budget of ``budgeted`` (the rows of :func:`run_readings`
+    through :func:`budgets.budget_runs <hcld_lib.experiments.budgets.budget_runs>`), with
+    ``budget`` and ``converged_share`` (of the compared runs under the row's reading)."""
+    def share(runs: pd.DataFrame, row: dict) -> float:
+        return bd.converged_share(runs, [row["a"], row["b"]], {"arch": row["arch"],
+                                                      "reading": row["reading"]})
+
+    return bd.by_budget(budgeted, lambda runs: readings_table(runs, chosen), share)
+
+
+def reading_stability_sentences(table: pd.DataFrame) -> list[str]:
+    """Per reading x architecture x comparison of a :func:`readings_by_budget` table: the
+    verdict at each budget, robust or not (:func:`budgets.stability_sentences
+    <hcld_lib.experiments.budgets.stability_sentences>`)."""
+    stable = bd.stability(table, ["reading", "arch", "comparison"])
+    return bd.stability_sentences(stable,
+                                  lambda r: f"{r['reading']}: {r['comparison']} ({r['arch']})")

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from hcld_lib.experiments.comparisons import claim_sentences, claims_summary
+from hcld_lib.experiments.budgets import stability_headline
+from hcld_lib.experiments.comparisons import (
+    claim_sentences,
+    claim_stability,
+    claim_stability_sentences,
+    claims_summary,
+)
 from hcld_lib.experiments.params import Experiment
 from hcld_lib.experiments.readings import holding_readings
 from hcld_lib.io import atomic_write_text
@@ -74,17 +80,37 @@ def corpus_note(exp: Experiment) -> str:
         note += (" Protocol 'loso' (leave-one-session-out) tests on unseen speakers, the field's "
                  "standard; the paper's random split is easier, so lower numbers are expected.")
     if exp.profile == "quick":
-        note += (" The quick profile trains narrow models for a few epochs: differences of a "
+        note += (" The quick profile trains narrow models on a small corpus: differences of a "
                  "point or two are within noise unless their interval says otherwise.")
     return note
 
 
-def grid_note(exp: Experiment) -> str:
-    """How the grid's cells were made: selection, folds, seeds, epochs."""
+def convergence_note(runs: pd.DataFrame) -> str:
+    """How many runs converged, and where they stopped and selected, in a sentence."""
+    def spread(column: str) -> str:
+        v = runs[column].dropna()
+        return f"median {v.median():.0f}, range {v.min():.0f}-{v.max():.0f}"
+
+    return (f"{int(runs['converged'].astype(bool).sum())} of {len(runs)} runs converged; epochs "
+            f"trained {spread('epochs_trained')}; selected epochs {spread('selected_epoch')}.")
+
+
+def grid_note(exp: Experiment, runs: pd.DataFrame | None = None) -> str:
+    """How the grid's cells were made: selection, folds, seeds, how long they trained (and,
+    given the grid's ``runs``, how many converged)."""
     n_folds = exp.run_settings.get("n_folds")
-    return (f"Ours: the epoch with the best validation emotion UA of each run; "
-            f"{len(exp.folds)} fold(s) of {n_folds} x {len(exp.seeds)} seed(s) "
-            f"({', '.join(map(str, exp.seeds))}); {exp.run_settings.get('epochs')} epochs.")
+    note = (f"Ours: {len(exp.folds)} fold(s) of {n_folds} x {len(exp.seeds)} seed(s) "
+            f"({', '.join(map(str, exp.seeds))}). {exp.budget_note()}")
+    return note + (f" {convergence_note(runs)}" if runs is not None else "")
+
+
+def budget_section(by_budget: pd.DataFrame, note: str) -> str:
+    """The report's section on training budgets, from chapter 04's table of the paper's
+    comparisons at each budget (:func:`hcld_lib.experiments.comparisons.claims_by_budget`)."""
+    stable = claim_stability(by_budget)
+    return "\n".join(["## Does the answer depend on how long we train?", "", note, "",
+                      stability_headline(stable), "",
+                      *(f"- {s}" for s in claim_stability_sentences(stable))])
 
 
 def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[str, list[Path]]:
@@ -101,10 +127,11 @@ def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[s
 
 
 def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
-                 card: pd.DataFrame | None, readings_md: str | None = None) -> Path:
+                 card: pd.DataFrame | None, readings_md: str | None = None,
+                 budget_md: str | None = None) -> Path:
     """``report.md`` of the experiment: provenance, corpus note, Table II, the claim sentences,
-    the readings of the open points, the decoupling sentences, the other chapters' tables (06,
-    07), the figure list."""
+    the same verdicts across training budgets, the readings of the open points, the decoupling
+    sentences, the other chapters' tables (06, 07), the figure list."""
     found = artifacts(exp.results_dir)
     extra = [t for t in found["tables"] if t.name.startswith(("06", "07"))]
     lines = [f"# HCLD companion report: {exp.name}\n\n_{exp.caption}_\n", corpus_note(exp), ""]
@@ -112,6 +139,8 @@ def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
         lines += [table2_md.strip(), ""]
     lines += ["## What held and what did not", "", claims_summary(claims), ""]
     lines += [f"- {s}" for s in claim_sentences(claims)] + [""]
+    if budget_md:
+        lines += [budget_md.strip(), ""]
     if readings_md:
         lines += [readings_md.strip(), ""]
     if card is not None and not card.empty:

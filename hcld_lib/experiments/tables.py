@@ -21,7 +21,7 @@ from hcld_lib.analysis.stats import t_half_width
 from hcld_lib.data.labels import emotion_order
 from hcld_lib.features.cache import FeatureCache
 from hcld_lib.io import HcldError, atomic_write_text
-from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS
+from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS, TABLE_VARIANTS
 
 #: The four numbers of a cell, in percent: emotion WA/UA on the test part, speaker WA/UA on the
 #: speaker-test part (= the test part under the paper protocol).
@@ -78,14 +78,15 @@ def metrics_row(metrics: dict[str, Any], run_name: str | None = None) -> dict[st
 
     Columns: ``run_name``, ``variant``, ``arch`` (``"cnn"`` or ``"cnn+lstm"`` when the branches
     differ), ``emotion_arch``, ``speaker_arch``, ``protocol``, ``fold``, ``n_folds``, ``seed``,
-    ``epochs``, ``train_fraction``, ``selected_epoch``; test ``emo_wa``, ``emo_ua``, ``emo_f1``
-    and speaker-test ``spk_wa``, ``spk_ua`` (percent; NaN without a speaker head); ``val_emo_ua``;
-    ``profile`` when the run recorded it in ``config.extra``.
+    ``max_epochs``, ``train_fraction``, ``selected_epoch``, ``epochs_trained``, ``converged``
+    and ``plateau_epoch`` (:mod:`hcld_lib.training.stopping`); test ``emo_wa``, ``emo_ua``,
+    ``emo_f1`` and speaker-test ``spk_wa``, ``spk_ua`` (percent; NaN without a speaker head);
+    ``val_emo_ua``; ``profile`` when the run recorded it in ``config.extra``.
     """
     config = metrics.get("config", {})
     emo_arch = config.get("emotion_arch")
     spk_arch = config.get("speaker_arch") or emo_arch
-    arch = emo_arch if (spk_arch == emo_arch or not config.get("speaker_branch", True)) else (
+    arch = emo_arch if (spk_arch == emo_arch or not metrics.get("speaker_branch", True)) else (
         f"{emo_arch}+{spk_arch}")
     test = metrics.get("test", {})
     spk_block = metrics.get("speaker_test") or test
@@ -99,9 +100,12 @@ def metrics_row(metrics: dict[str, Any], run_name: str | None = None) -> dict[st
         "fold": int(metrics.get("fold", config.get("fold", -1))),
         "n_folds": config.get("n_folds"),
         "seed": config.get("seed"),
-        "epochs": config.get("epochs"),
+        "max_epochs": config.get("max_epochs"),
         "train_fraction": config.get("train_fraction", 1.0),
         "selected_epoch": metrics.get("selected_epoch"),
+        "epochs_trained": metrics.get("epochs_trained"),
+        "converged": metrics.get("converged"),
+        "plateau_epoch": metrics.get("plateau_epoch"),
         "emo_wa": _metric(test, "emotion", "wa"),
         "emo_ua": _metric(test, "emotion", "ua"),
         "emo_f1": _metric(test, "emotion", "f1"),
@@ -141,8 +145,8 @@ def run_metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:
 
 def _variant_order(present: Iterable[str]) -> list[str]:
     present = list(dict.fromkeys(present))
-    return [v for v in PAPER_VARIANTS if v in present] + sorted(
-        v for v in present if v not in PAPER_VARIANTS
+    return [v for v in TABLE_VARIANTS if v in present] + sorted(
+        v for v in present if v not in TABLE_VARIANTS
     )
 
 

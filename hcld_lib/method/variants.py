@@ -1,15 +1,10 @@
-"""The named variants of the method: which branches and loss terms each one trains.
+"""The named variants: which terms each one trains, and the readings of the open points.
 
-The total loss of one batch (see :mod:`hcld_lib.method.losses`) is
-
-    L = w_te CE(emotion) + w_ts CE(speaker) + w_cld L_CLD + w_sc L_SupCon + w_lab L_Label
-        + w_orth L_orth
-
-and a variant fixes these weights, whether the model has a speaker branch, and the switches of
-the terms (the readings of the points the paper leaves open: see the README's open-points
-table). :data:`VARIANT_DEFAULTS` is the full method as printed (our defaults where the paper is
-silent); :data:`VARIANTS` lists each variant's departures from it. ``RunConfig(variant=...)`` in
-:mod:`hcld_lib.training.config` applies them; nothing else sets them.
+A variant is a set of term weights (every term of :data:`hcld_lib.method.terms.TERMS` it does not
+name has weight 0) and, for a reading of a point the paper leaves open (the README's open-points
+table), the term settings it changes from their defaults. ``RunConfig(variant=...)`` in
+:mod:`hcld_lib.training.config` applies them; nothing else sets them. The model has a speaker
+branch when one of its terms reaches X_s.
 """
 
 from __future__ import annotations
@@ -17,79 +12,76 @@ from __future__ import annotations
 from typing import Any
 
 from hcld_lib.io import HcldError
-from hcld_lib.method.losses import HINGES, ORTH_FORMS, POS_SPACES
 from hcld_lib.method.models import BRANCHES, ENCODER_ARCHS
+from hcld_lib.method.terms import SETTINGS, WEIGHTS
 
 ARCHS: tuple[str, ...] = ENCODER_ARCHS
 """The temporal encoders of the branches: ``cnn``, ``lstm`` (bidirectional), ``transformer``."""
 
-SUPCON_SPACES: tuple[str, ...] = ("emotion", "speaker")
+_TASK = dict(w_ce_emotion=1.0, w_ce_speaker=1.0)
+#: The full method as printed: L = L_task + L_CLD + L_SCL + L_Label.
+_HCLD = dict(**_TASK, w_icld=1.0, w_supcon=1.0, w_lcl=1.0)
 
-#: The full method, every term on, the defaults of the open points.
-VARIANT_DEFAULTS: dict[str, Any] = dict(
-    speaker_branch=True,
-    w_task_emotion=1.0,
-    w_task_speaker=1.0,
-    w_cld=1.0,
-    w_supcon=1.0,
-    w_label=1.0,
-    w_orth=0.0,
-    pos_space="emotion",
-    hinge="text",
-    supcon_space="emotion",
-    lcl_include_self=False,
-)
-
-VARIANT_FIELDS: tuple[str, ...] = tuple(VARIANT_DEFAULTS)
-"""The fields a variant owns (every one of them is set by every variant)."""
-
-#: Each variant's departures from :data:`VARIANT_DEFAULTS`.
 VARIANTS: dict[str, dict[str, Any]] = {
-    # emotion branch and emotion CE alone
-    "emo_only": dict(
-        speaker_branch=False, w_task_speaker=0.0, w_cld=0.0, w_supcon=0.0, w_label=0.0
-    ),
-    # multi-task with an orthogonality penalty between X_e and X_s instead of HCLD
-    "orth": dict(w_cld=0.0, w_supcon=0.0, w_label=0.0, w_orth=1.0),
-    # the full method: L = L_task + L_CLD + L_SCL + L_Label
-    "hcld": dict(),
-    "hcld_wo_supcon": dict(w_supcon=0.0),
-    "hcld_wo_lcl": dict(w_label=0.0),
+    # the paper's Table II
+    "emo_only": dict(w_ce_emotion=1.0),  # emotion branch and emotion CE alone
+    "orth": dict(**_TASK, w_orth=1.0),  # multi-task with an orthogonality penalty
+    "hcld_wo_supcon": {**_HCLD, "w_supcon": 0.0},
+    "hcld_wo_lcl": {**_HCLD, "w_lcl": 0.0},
+    "hcld": _HCLD,
+    # the standard ways of removing speaker information from X_e, beside the paper's
+    "adversarial": dict(**_TASK, w_adversarial=1.0),
+    "mi": dict(**_TASK, w_mi=1.0),
     # the alternative readings of the open points, each runnable by name
-    "hcld_pos_speaker": dict(pos_space="speaker"),
-    "hcld_printed_hinge": dict(hinge="printed"),
-    "hcld_supcon_speaker": dict(supcon_space="speaker"),
-    "hcld_lcl_self": dict(lcl_include_self=True),
+    "hcld_pos_speaker": {**_HCLD, "icld_pos_space": "speaker"},
+    "hcld_printed_hinge": {**_HCLD, "icld_hinge": "above"},
+    "hcld_supcon_speaker": {**_HCLD, "supcon_space": "speaker"},
+    "hcld_lcl_self": {**_HCLD, "lcl_include_self": True},
 }
 
 #: The five variants of the paper's Table II, in its row order.
 PAPER_VARIANTS: tuple[str, ...] = ("emo_only", "orth", "hcld_wo_supcon", "hcld_wo_lcl", "hcld")
 
-#: The paper's names of the variants (Table II).
+#: Decoupling baselines beyond the paper: their own rows in Table II's layout, no paper column.
+BASELINES: tuple[str, ...] = ("adversarial", "mi")
+
+#: The rows of our Table II: the paper's variants, then the baselines beyond it.
+TABLE_VARIANTS: tuple[str, ...] = (*PAPER_VARIANTS, *BASELINES)
+
+#: The paper's names of the variants (Table II), and ours for the others.
 VARIANT_LABELS: dict[str, str] = {
     "emo_only": "EMO-only",
     "orth": "orth",
     "hcld_wo_supcon": "wo.SupCon",
     "hcld_wo_lcl": "wo.LCL",
     "hcld": "HCLD",
+    "adversarial": "adversarial",
+    "mi": "MI (CLUB)",
 }
+
+VARIANT_FIELDS: tuple[str, ...] = (*WEIGHTS, *sorted(
+    {k for v in VARIANTS.values() for k in v} - set(WEIGHTS)))
+"""The fields a variant owns: every term weight, and every setting some variant changes."""
+
+_unknown = sorted({k for v in VARIANTS.values() for k in v} - set(WEIGHTS) - set(SETTINGS))
+if _unknown:
+    raise HcldError(f"VARIANTS set {_unknown}, which are neither term weights nor settings")
 
 #: The allowed values of every switch (checked by ``RunConfig``).
 SWITCHES: dict[str, tuple[Any, ...]] = {
-    "pos_space": POS_SPACES,
-    "hinge": HINGES,
-    "supcon_space": SUPCON_SPACES,
-    "orth_form": ORTH_FORMS,
     "branches": BRANCHES,
     "emotion_arch": ARCHS,
+    **{name: s.choices for name, s in SETTINGS.items() if s.choices is not None},
 }
 
 
 def variant_settings(name: str) -> dict[str, Any]:
-    """Every field a variant owns, with its value: :data:`VARIANT_DEFAULTS` + its departures."""
+    """Every field a variant owns, with its value: its weights (0 for the terms it does not
+    name) and the settings it changes (their defaults otherwise)."""
     if name not in VARIANTS:
         raise HcldError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
-    return {**VARIANT_DEFAULTS, **VARIANTS[name]}
+    owned = {k: SETTINGS[k].default for k in VARIANT_FIELDS if k in SETTINGS}
+    return {**{w: 0.0 for w in WEIGHTS}, **owned, **VARIANTS[name]}
 
 
 def variant_label(name: str) -> str:

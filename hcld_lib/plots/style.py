@@ -27,6 +27,10 @@ EMOTION_COLORS: dict[str, str] = {
     "sad": "#1f77b4",
 }
 
+#: Fixed colours of the verdicts (:mod:`hcld_lib.analysis.stats`).
+VERDICT_COLORS: dict[str, str] = {"held": "#2ca02c", "contradicted": "#d62728",
+                                  "not shown": "#7f7f7f", "too few runs": "#bbbbbb"}
+
 
 def finish_figure(fig: Figure, title: str | None, caption: str | None) -> Figure:
     """Add the bold title and the provenance caption at the bottom, then lay the figure out."""

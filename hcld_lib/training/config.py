@@ -7,60 +7,160 @@ branches and the switches of the loss terms (:mod:`hcld_lib.method.variants`):
 gives exactly the new variant's. A field the variant owns can still be set explicitly (it is a
 reading or an ablation of its own); the run's name then says so.
 
-The points the paper leaves open are named fields (the README's open-points table):
+The loss terms' weights (``w_<term>``) and settings are fields too, declared once with each
+term (:mod:`hcld_lib.method.terms`): a new term brings its own. The points the paper leaves open
+are named fields (the README's open-points table):
 
-========================  =====================  ================================================
-field                     default                meaning / alternative
-========================  =====================  ================================================
-``pos_space``             ``"emotion"``          L_pos on X_e as printed; ``"speaker"``: on X_s
-``hinge``                 ``"text"``             L_neg = max(0, cos - m)^2 (the text's reading);
-                                                 ``"printed"`` = max(0, m - cos)^2
-``supcon_space``          ``"emotion"``          SupCon on X_e with emotion labels; ``"speaker"``:
-                                                 on X_s with speaker labels
-``lcl_include_self``      ``False``              A(i) excludes i in the label-anchored loss
-``branches``              ``"separate"``         two encoders; ``"shared"``: one encoder and a
-                                                 projection per branch
-``orth_form``             ``"correlation"``      orth baseline: mean squared cross-correlation;
-                                                 ``"batch"`` = ||Ẑ_eᵀ Ẑ_s||_F² / B
-``margin``                ``0.0``                hinge margin m (not given in the paper)
-``temperature``           ``0.07``               tau of SupCon and of the label-anchored loss
-``text_encoder``          ``"minilm"``           label-word encoder; the paper's is roberta-base
-                                                 (``"hf:roberta-base"`` or a local folder);
-                                                 ``"learned"`` = free anchors
-========================  =====================  ================================================
+==========================  =====================  ==============================================
+field                       default                meaning / alternative
+==========================  =====================  ==============================================
+``icld_pos_space``          ``"emotion"``          L_pos on X_e as printed; ``"speaker"``: on X_s
+``icld_hinge``              ``"below"``            L_neg = max(0, cos - m)^2 pushes a negative
+                                                   pair's cosine below m (the text); ``"above"``
+                                                   = max(0, m - cos)^2 (as printed)
+``supcon_space``            ``"emotion"``          SupCon on X_e with emotion labels;
+                                                   ``"speaker"``: on X_s with speaker labels
+``lcl_include_self``        ``False``              A(i) excludes i in LCL
+``branches``                ``"separate"``         two encoders; ``"shared"``: one encoder and a
+                                                   projection per branch
+``orth_form``               ``"correlation"``      orth baseline: mean squared cross-correlation;
+                                                   ``"batch"`` = ||Ẑ_eᵀ Ẑ_s||_F² / B
+``icld_margin``             ``0.0``                hinge margin m (not given in the paper)
+``temperature``             ``0.07``               tau of SupCon and of LCL
+``lcl_text_encoder``        ``"minilm"``           label-word encoder; the paper's is roberta-base
+                                                   (``"hf:roberta-base"`` or a local folder);
+                                                   ``"learned"`` = free anchors
+==========================  =====================  ==============================================
+
+Settings come from three places, the later winning: the defaults here (and each term's), the
+variant (its weights and readings), and what the caller sets (a profile, a notebook's knobs and
+``overrides``, a grid's reading; all of them end as keyword arguments of ``RunConfig``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hcld_lib.data.splits import PROTOCOLS
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, short_hash
+from hcld_lib.method.terms import (
+    SETTINGS,
+    WEIGHTS,
+    emotion_settings,
+    needs_speaker_branch,
+    relevant_settings,
+    sampler_needs,
+)
 from hcld_lib.method.variants import ARCHS, SWITCHES, VARIANT_FIELDS, variant_settings
 
-#: Settings that change what a run computes only when a term that reads them is on; the run's
-#: name and the check that a run folder holds this run look at them only then.
-_RELEVANT_IF: dict[str, tuple[str, ...]] = {
-    "pos_space": ("w_cld",),
-    "hinge": ("w_cld",),
-    "margin": ("w_cld",),
-    "supcon_space": ("w_supcon",),
-    "lcl_include_self": ("w_label",),
-    "text_encoder": ("w_label",),
-    "temperature": ("w_supcon", "w_label"),
-    "orth_form": ("w_orth",),
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric field takes: ``kind`` (int or float), bounds (``None``: none), and
+    whether ``None`` is allowed."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def text(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        bounds = (f"{'(' if self.low_open or self.low is None else '['}{low}, {high}"
+                  f"{')' if self.high_open or self.high is None else ']'}")
+        return f"{'an int' if self.kind is int else 'a finite number'} in {bounds}" + (
+            " or None" if self.optional else "")
+
+
+_WEIGHT = _Range(float, 0.0)
+#: The allowed values of every numeric field (checked when a config is made).
+_RANGES: dict[str, _Range] = {
+    "n_folds": _Range(int, 2), "fold": _Range(int, 0), "val_fraction": _Range(float, 0, 1,
+                                                                              high_open=True),
+    "train_fraction": _Range(float, 0, 1, low_open=True), "frame_stride": _Range(int, 1),
+    "max_frames": _Range(int, 1, optional=True), "embed_dim": _Range(int, 1),
+    "hidden_dim": _Range(int, 1), "n_layers": _Range(int, 1), "n_heads": _Range(int, 1),
+    "dropout": _Range(float, 0, 1, high_open=True), "max_epochs": _Range(int, 1),
+    "patience": _Range(int, 1), "plateau_window": _Range(int, 1), "min_epochs": _Range(int, 0),
+    "batch_size": _Range(int, 2), "lr": _Range(float, 0, low_open=True),
+    "warmup_epochs": _Range(int, 0), "weight_decay": _Range(float, 0), "seed": _Range(int, 0),
+    "checkpoint_every": _Range(int, 1),
+    **{w: _WEIGHT for w in WEIGHTS},
+    **{name: _Range(s.kind, s.low, s.high, s.low_open) for name, s in SETTINGS.items()
+       if s.kind in (int, float)},
 }
-#: Fields that name a reading or an ablation when they differ from the variant's defaults.
-_TAGGED: tuple[str, ...] = (*VARIANT_FIELDS, "branches", "orth_form", "margin", "temperature",
-                            "text_encoder")
+
+
+def _check_range(name: str, value: Any, allowed: _Range) -> None:
+    """Raise :class:`HcldError` unless ``value`` is one of the values ``allowed``."""
+    if value is None and allowed.optional:
+        return
+    number = (int, np.integer) if allowed.kind is int else (int, float, np.integer, np.floating)
+    ok_type = isinstance(value, number) and not isinstance(value, bool | np.bool_)
+    ok = ok_type and math.isfinite(value)
+    if ok and allowed.low is not None:
+        ok = value > allowed.low if allowed.low_open else value >= allowed.low
+    if ok and allowed.high is not None:
+        ok = value < allowed.high if allowed.high_open else value <= allowed.high
+    if not ok:
+        raise HcldError(f"RunConfig.{name}={value!r} must be {allowed.text()}")
+
+
+def _check_device(device: Any) -> None:
+    """Raise :class:`HcldError` for a device string this machine does not have."""
+    import torch
+
+    text = str(device)
+    if text in ("auto", "cpu"):
+        return
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError) as err:
+        raise HcldError(f"RunConfig.device={device!r} is not a device ('auto', 'cpu', 'cuda', "
+                        "'cuda:N')") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (dev.index or 0) >= count:
+            raise HcldError(f"RunConfig.device={device!r}: this machine has {count} CUDA "
+                            "device(s); use 'auto' or 'cpu'"
+                            + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HcldError(f"RunConfig.device={device!r}: MPS is not available here; use 'auto'")
+
+
+def _term_fields() -> list[tuple[str, Any, Any]]:
+    """The fields every term declares: its weight ``w_<term>`` (``None`` = the variant's) and
+    its settings (``None`` = the variant's for those a variant may change; else the default)."""
+    fields = [(w, float | None, field(default=None, metadata={"doc": "weight; None = the "
+                                                                     "variant's"}))
+              for w in WEIGHTS]
+    for name, s in SETTINGS.items():
+        owned = name in VARIANT_FIELDS
+        fields.append((name, s.kind | None if owned else s.kind,
+                       field(default=None if owned else s.default, metadata={"doc": s.doc})))
+    return fields
+
+
+_TermFields = dataclasses.make_dataclass("_TermFields", _term_fields())
 
 
 @dataclass
-class RunConfig:
-    """Everything that defines one training run (one variant, architecture, fold and seed)."""
+class RunConfig(_TermFields):
+    """Everything that defines one training run (one variant, architecture, fold and seed).
+
+    Besides the fields below, every term of :data:`hcld_lib.method.terms.TERMS` adds its weight
+    ``w_<term>`` and its settings (``icld_margin``, ``temperature``, ``adversarial_lambda``, ...;
+    their meaning is in the term's declaration, :data:`hcld_lib.method.terms.SETTINGS`).
+    """
 
     # --- data -------------------------------------------------------------------------------
     features: str = ""
@@ -95,31 +195,23 @@ class RunConfig:
     init_emotion_encoder: str | None = None
     """A file saved by cluster pretraining, loaded into the model's emotion path first."""
 
-    # --- the variant's weights and switches (None = the variant's value) --------------------
-    speaker_branch: bool | None = None
-    w_task_emotion: float | None = None
-    w_task_speaker: float | None = None
-    w_cld: float | None = None
-    w_supcon: float | None = None
-    w_label: float | None = None
-    w_orth: float | None = None
-    pos_space: str | None = None
-    hinge: str | None = None
-    supcon_space: str | None = None
-    lcl_include_self: bool | None = None
-
-    # --- other loss settings ----------------------------------------------------------------
-    margin: float = 0.0
-    temperature: float = 0.07
-    text_encoder: str = "minilm"
-    orth_form: str = "correlation"
-    """Scale of the orthogonality penalty: ``"correlation"`` = mean squared cross-correlation of
-    the batch-normalised X_e and X_s dimensions (in [0, 1]); ``"batch"`` = ``||Ẑ_eᵀ Ẑ_s||_F² /
-    B``, which is ~E_e·E_s for independent embeddings and swamps the other terms at weight 1
-    (see :func:`hcld_lib.method.losses.orthogonality_loss`)."""
+    # --- how long (:mod:`hcld_lib.training.stopping`) ------------------------------------------
+    max_epochs: int = 100
+    """Epochs at most (the paper's fixed budget: 100)."""
+    stop_at_plateau: bool = False
+    """Stop once the plateau rule holds (and ``min_epochs`` are done); ``False`` trains every one
+    of ``max_epochs`` (the paper's). Either way the run records where the rule first held: a run
+    where it never did is marked not converged."""
+    patience: int = 10
+    """The plateau rule: this many epochs without a new best of the smoothed validation
+    emotion UA."""
+    plateau_window: int = 5
+    """The plateau rule smooths validation emotion UA by its mean over this many epochs."""
+    min_epochs: int = 1
+    """Never stop before this many epochs (capped at ``max_epochs``): shorter budgets are then
+    exact prefixes of every run (:func:`hcld_lib.training.stopping.at_budget`)."""
 
     # --- optimisation -----------------------------------------------------------------------
-    epochs: int = 100
     batch_size: int = 32
     lr: float = 5e-4
     warmup_epochs: int = 5
@@ -151,24 +243,22 @@ class RunConfig:
             if getattr(self, name) not in allowed:
                 raise HcldError(f"RunConfig.{name}={getattr(self, name)!r} is not one of "
                                 f"{allowed}")
-        if not 0.0 < self.train_fraction <= 1.0:
-            raise HcldError(f"train_fraction={self.train_fraction} must be in (0, 1]")
-        if self.frame_stride < 1:
-            raise HcldError(f"frame_stride={self.frame_stride} must be >= 1")
-        if self.checkpoint_every < 1:
-            raise HcldError(f"checkpoint_every={self.checkpoint_every} must be >= 1")
+        for name, allowed in _RANGES.items():
+            _check_range(name, getattr(self, name), allowed)
+        for name, setting in SETTINGS.items():
+            if setting.kind in (bool, str) and not isinstance(getattr(self, name), setting.kind):
+                raise HcldError(f"RunConfig.{name}={getattr(self, name)!r} must be a "
+                                f"{setting.kind.__name__}")
+        _check_device(self.device)
+        if self.stop_at_plateau and self.val_fraction <= 0:
+            raise HcldError("stop_at_plateau=True watches the validation part, but "
+                            "val_fraction=0 carves none; set val_fraction > 0")
         if self.branches == "shared" and self.speaker_arch not in (None, self.emotion_arch):
             raise HcldError(f"branches='shared' has one encoder; speaker_arch="
                             f"{self.speaker_arch!r} must be None or {self.emotion_arch!r}")
-        if not self.speaker_branch:
-            needs = {"w_task_speaker": self.w_task_speaker, "w_cld": self.w_cld,
-                     "w_orth": self.w_orth,
-                     "w_supcon (supcon_space='speaker')":
-                         self.w_supcon if self.supcon_space == "speaker" else 0.0}
-            bad = [k for k, w in needs.items() if w > 0]
-            if bad:
-                raise HcldError(f"speaker_branch=False but {bad} > 0 need the speaker branch; "
-                                "set them to 0 or enable speaker_branch")
+        if self.w_ce_emotion <= 0:
+            raise HcldError("w_ce_emotion must be > 0: the emotion head is trained by it and "
+                            "every result reads it")
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes``; a new ``variant`` brings all of its own settings (the fields
@@ -184,30 +274,61 @@ class RunConfig:
     def speaker_arch_resolved(self) -> str:
         return self.speaker_arch or self.emotion_arch
 
-    def loss_settings(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`hcld_lib.method.losses.objective`."""
-        names = ("w_task_emotion", "w_task_speaker", "w_cld", "w_supcon", "w_label", "w_orth",
-                 "margin", "temperature", "pos_space", "hinge", "supcon_space",
-                 "lcl_include_self", "orth_form")
-        return {n: getattr(self, n) for n in names}
+    def settings(self) -> dict[str, Any]:
+        """The weights and term settings, by field name (what the objective reads)."""
+        return {name: getattr(self, name) for name in (*WEIGHTS, *SETTINGS)}
+
+    @property
+    def speaker_branch(self) -> bool:
+        """Whether the model has a speaker branch: a term of this run reaches X_s."""
+        return needs_speaker_branch(self.settings())
+
+    @property
+    def sampler_needs(self) -> tuple[str, ...]:
+        """The positives the batches must hold for the contrastive terms of this run."""
+        return sampler_needs(self.settings())
 
     def _relevant(self, name: str) -> bool:
-        weights = _RELEVANT_IF.get(name)
-        return weights is None or any(getattr(self, w) > 0 for w in weights)
+        """A term setting matters when an active term reads it; every other field does."""
+        return name not in SETTINGS or name in relevant_settings(self.settings())
 
-    def reading(self) -> dict[str, Any]:
-        """The settings in which this run departs from its variant's defaults (and which matter
-        under its weights): a reading of an open point, a sweep value or an ablation."""
+    def departures(self) -> dict[str, Any]:
+        """The settings in which this run departs from its variant (and which matter under its
+        weights): a reading of an open point, a sweep value or an ablation."""
         defaults = RunConfig(variant=self.variant)
-        return {k: getattr(self, k) for k in _TAGGED
+        fields = (*VARIANT_FIELDS, "branches", *SETTINGS)
+        return {k: getattr(self, k) for k in dict.fromkeys(fields)
                 if getattr(self, k) != getattr(defaults, k) and self._relevant(k)}
 
-    def identity(self) -> dict[str, Any]:
-        """The settings that decide the result (not where it is written, on which device, how
-        often it is checkpointed, nor a setting that no active term reads)."""
+    def result_key(self) -> dict[str, Any]:
+        """The settings that decide the result: not where it is written, on which device, how
+        often it is checkpointed, nor a term setting that no active term reads. A finished run
+        folder or a checkpoint holding another key is refused."""
         skip = {"out_dir", "device", "extra", "run_name", "checkpoint_every", "resident"}
-        return {k: v for k, v in self.to_dict().items()
-                if k not in skip and (k not in _RELEVANT_IF or self._relevant(k))}
+        return {k: v for k, v in self.to_dict().items() if k not in skip and self._relevant(k)}
+
+    def emotion_key(self) -> str:
+        """A hash of the settings that decide X_e (and so every emotion result): two runs with
+        the same key have the same emotion branch, epoch by epoch, bit for bit.
+
+        With separate branches and no term that couples X_e and X_s, a term that reaches X_s
+        only (the speaker task, L_neg, ...) and the settings only it reads cannot change X_e
+        (:func:`hcld_lib.method.terms.emotion_settings`); otherwise every setting may. The
+        batches (the sampler's needs) always count, and with dropout so does the speaker branch,
+        whose dropout masks come from the same random stream.
+        """
+        decides = None if self.branches == "shared" else emotion_settings(self.settings())
+        key = self.result_key()
+        if decides is not None:
+            speaker_side = {*WEIGHTS, *SETTINGS} - decides
+            if self.dropout == 0:  # with dropout, the speaker branch draws from the same RNG
+                speaker_side.add("speaker_arch")
+            key = {k: v for k, v in key.items() if k not in speaker_side}
+            key["sampler_needs"] = list(self.sampler_needs)  # the batches
+            if self.dropout > 0:
+                key["speaker_branch"] = self.speaker_branch
+        key.pop("variant", None)
+        return short_hash(key)
 
     @property
     def run_dir(self) -> Path:
@@ -217,7 +338,7 @@ class RunConfig:
     @property
     def resolved_run_name(self) -> str:
         """``<variant>__<arch>__<protocol>-fold<k>__seed<s>`` + ``__lab<pct>`` for a label
-        budget + ``__<field>=<value>`` for each setting of :meth:`reading`."""
+        budget + ``__<field>=<value>`` for each setting of :meth:`departures`."""
         if self.run_name:
             return self.run_name
         arch = self.emotion_arch
@@ -226,7 +347,7 @@ class RunConfig:
         name = f"{self.variant}__{arch}__{self.protocol}-fold{self.fold}__seed{self.seed}"
         if self.train_fraction < 1.0:
             name += f"__lab{round(self.train_fraction * 100)}"
-        for key, value in self.reading().items():
+        for key, value in self.departures().items():
             text = str(value).replace("/", "-").replace(":", "-")
             name += f"__{key}={text}"
         return name

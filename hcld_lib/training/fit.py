@@ -2,7 +2,7 @@
 
 ::
 
-    for epoch in start..E-1:
+    for epoch in start..E-1, until stop(history):
         for step, batch in enumerate(batches(epoch)):          # deterministic from (seed, epoch)
             lr_t = lr * min(1, (epoch + (step + 1) / steps) / warmup_epochs)   # linear warm-up
             out  = forward(batch)                               # under autocast when amp
@@ -10,7 +10,7 @@
             Adam step on L
         row = {epoch, lr, loss, loss_<term>...} + evaluate(epoch)
         keep the module's state when evaluate's score is the best so far (the earlier on ties)
-        every ``checkpoint_every`` epochs and after the last: write the checkpoint
+        every ``checkpoint_every`` epochs and after the last (or stopping) one: the checkpoint
 
 **Schedule** (the paper's, by default): Adam (its fused implementation); the learning rate
 rises linearly over the first ``warmup_epochs`` epochs, step by step, then stays constant (the
@@ -42,9 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hcld_lib.io import HcldError, atomic_torch_save
+from hcld_lib.io import HcldError, atomic_torch_save, load_torch
 
-Batch = dict[str, Tensor]
+CHECKPOINT_KEYS: tuple[str, ...] = ("identity", "epoch", "module", "optimizer", "rng", "history",
+                                    "best", "seconds")
+"""What a resumable checkpoint holds."""
+
+Batch = dict[str, Any]
 Evaluation = tuple[dict[str, float], float | None, Any]
 """What ``evaluate(epoch)`` returns: columns for the history row, the selection score (higher is
 better; ``None`` = no selection, keep the last epoch) and any payload to keep with the best."""
@@ -60,6 +64,8 @@ class FitResult:
     best_state: dict[str, Tensor]
     best_payload: Any
     seconds: float
+    stopped_early: bool = False
+    """``stop`` ended the run before ``epochs``."""
 
 
 class Batches:
@@ -80,7 +86,12 @@ def _state_copy(module: nn.Module) -> dict[str, Tensor]:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The random states as tensors, numbers and lists (readable with ``weights_only``)."""
+    version, keys, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(keys), gauss],
+             "numpy": [kind, torch.from_numpy(mt.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -88,8 +99,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, mt, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, mt.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -118,13 +131,18 @@ def _resume(
     best = {"epoch": 0, "score": -math.inf, "state": None, "payload": None}
     if checkpoint is None or not checkpoint.is_file():
         return [], best, 0, 0.0
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if ckpt.get("identity") != identity:
-        raise HcldError(f"{checkpoint} belongs to a different run; delete it (or the run "
-                        "folder) to start this run afresh")
-    module.load_state_dict(ckpt["module"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    _set_rng_state(ckpt["rng"])
+    remedy = "delete it (or the run folder) to start this run afresh"
+    ckpt = load_torch(checkpoint, keys=CHECKPOINT_KEYS, what="a run's resumable checkpoint",
+                      remedy=remedy)
+    if ckpt["identity"] != identity:
+        raise HcldError(f"{checkpoint} belongs to a different run; {remedy}")
+    try:
+        module.load_state_dict(ckpt["module"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise HcldError(f"{checkpoint} does not fit this run ({type(err).__name__}: {err}); "
+                        f"{remedy}") from err
     return ckpt["history"], ckpt["best"], int(ckpt["epoch"]), float(ckpt["seconds"])
 
 
@@ -154,6 +172,7 @@ def _train_epoch(
     loss: Callable[[dict[str, Tensor | None], Batch], tuple[Tensor, dict[str, Any]]],
     optimizer: torch.optim.Optimizer,
     *,
+    epochs: int,
     lr: float,
     warmup_epochs: int,
     terms: Sequence[str],
@@ -178,6 +197,7 @@ def _train_epoch(
             lr_t = lr * min(1.0, (epoch + (step + 1) / len(epoch_batches)) / warmup_epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr_t
+        batch = {**batch, "progress": (epoch + (step + 1) / len(epoch_batches)) / epochs}
         with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
             out = forward(batch)
         total, values = loss(_float32(out) if cast is not None else out, batch)
@@ -232,7 +252,9 @@ def fit(
     checkpoint: Path | None = None,
     checkpoint_every: int = 1,
     identity: dict[str, Any] | None = None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[list[dict[str, Any]]], bool] | None = None,
     device: torch.device | str = "cpu",
     amp: bool = False,
 ) -> FitResult:
@@ -252,7 +274,12 @@ def fit(
         checkpoint: where the resumable checkpoint goes (``None``: no checkpoint); it is
             written every ``checkpoint_every`` epochs and after the last, and read on start.
         identity: what the checkpoint must match to be resumed (e.g. the run's settings).
+        on_start: called once before training with the history rows a resumed checkpoint
+            holds (``[]`` for a fresh start).
         on_epoch_end: called with each epoch's history row.
+        stop: ``stop(history)`` after each epoch (and before the first epoch of a resumed run):
+            ``True`` ends training there (a pure function of the history, so a resumed run stops
+            at the same epoch); ``None``: train all ``epochs``.
         device: where ``module`` lives. amp: mixed precision on CUDA.
     Raises:
         HcldError: a non-finite loss (naming epoch, step and terms), or a checkpoint of another
@@ -264,11 +291,18 @@ def fit(
                                  fused=device.type in ("cpu", "cuda"))
     cast = _autocast_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda") if cast == torch.float16 else None
-    history, best, start, elapsed = _resume(checkpoint, identity, module, optimizer)
+    history, best, epoch, elapsed = _resume(checkpoint, identity, module, optimizer)
+    if on_start is not None:
+        on_start(list(history))
     module.train()
-    for epoch in range(start, epochs):
+
+    def stopping() -> bool:
+        return stop is not None and stop(history)
+
+    stopped_early = epoch < epochs and stopping()  # a resumed run may have stopped already
+    while epoch < epochs and not stopped_early:
         t0 = time.perf_counter()
-        row = _train_epoch(epoch, batches(epoch), forward, loss, optimizer, lr=lr,
+        row = _train_epoch(epoch, batches(epoch), forward, loss, optimizer, epochs=epochs, lr=lr,
                            warmup_epochs=warmup_epochs, terms=terms, device=device, cast=cast,
                            scaler=scaler)
         columns, score, payload = _evaluate(module, evaluate, epoch + 1)
@@ -279,11 +313,15 @@ def fit(
         if score is None or score > best["score"]:
             best = {"epoch": epoch + 1, "score": -math.inf if score is None else score,
                     "state": _state_copy(module), "payload": payload}
-        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-            _save_checkpoint(checkpoint, identity, epoch + 1, module, optimizer, history, best,
+        epoch += 1
+        stopped_early = epoch < epochs and stopping()
+        if checkpoint is not None and (epoch % checkpoint_every == 0 or epoch == epochs
+                                       or stopped_early):
+            _save_checkpoint(checkpoint, identity, epoch, module, optimizer, history, best,
                              elapsed)
         if on_epoch_end is not None:
             on_epoch_end(row)
     if not history:
         raise HcldError(f"epochs={epochs}: nothing to train")
-    return FitResult(history, int(best["epoch"]), best["state"], best["payload"], elapsed)
+    return FitResult(history, int(best["epoch"]), best["state"], best["payload"], elapsed,
+                     stopped_early)

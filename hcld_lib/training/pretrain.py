@@ -297,7 +297,8 @@ def pretrain_emotion_encoder(
         out_path: the file the emotion path's state goes to (atomically, last);
             ``<out_path>.json`` gets the history and settings first, ``<out_path>.ckpt`` is the
             resumable checkpoint while it trains. An existing ``out_path`` is not trained again.
-        epochs: pretraining epochs (``None`` = ``config.epochs``).
+        epochs: pretraining epochs (``None`` = ``config.max_epochs``): a fixed number, since
+            pretraining has no labelled validation part to stop on.
         speaker_ce: add speaker classification (a linear head on X_e) with weight ``w_speaker``.
         temperature: ``tau`` (``None`` = ``config.temperature``).
         other_speakers_negative: other speakers' utterances are negatives too.
@@ -312,7 +313,7 @@ def pretrain_emotion_encoder(
         record = json.loads(side.read_text())
         return {"path": out_path, "history": pd.DataFrame(record["history"]), "skipped": True,
                 "meta": record["meta"]}
-    epochs = config.epochs if epochs is None else int(epochs)
+    epochs = config.max_epochs if epochs is None else int(epochs)
     tau = config.temperature if temperature is None else float(temperature)
     if epochs < 1:
         raise HcldError(f"epochs={epochs}: pretraining needs at least one epoch")

@@ -1,8 +1,9 @@
 """One run: a variant x architecture x fold x seed, from the feature cache to its results.
 
 :func:`train_run` prepares the fold (:func:`prepare_fold`), builds the model and the label
-anchors (:func:`build_model`), trains them with :func:`hcld_lib.training.fit.fit` on batches of
-the positive-guaranteeing sampler, minimising :func:`hcld_lib.method.losses.objective`, evaluates
+networks of its terms (:func:`build_model`), trains them with :func:`hcld_lib.training.fit.fit`
+on batches of the positive-guaranteeing sampler, minimising
+:func:`hcld_lib.method.terms.objective`, evaluates
 every epoch, and writes the selected epoch's results.
 
 **Model selection** uses the fold's validation part (carved from its training part): the epoch with
@@ -36,20 +37,23 @@ from hcld_lib.data.splits import Fold, make_folds
 from hcld_lib.features.cache import FeatureCache, open_cache
 from hcld_lib.features.normalizer import FeatureNormalizer
 from hcld_lib.features.resident import FoldFeatures, fold_features
-from hcld_lib.io import HcldError, atomic_save_npz, atomic_torch_save, atomic_write_json
-from hcld_lib.method.anchors import LabelAnchors
-from hcld_lib.method.losses import objective
+from hcld_lib.io import (
+    HcldError,
+    atomic_save_npz,
+    atomic_torch_save,
+    atomic_write_json,
+    load_torch,
+)
+from hcld_lib.method.anchors import label_text_embeddings, label_words
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
+from hcld_lib.method.term import ModuleContext
+from hcld_lib.method.terms import LOGGED, build_term_modules, objective
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.fit import Batches, Evaluation, fit
+from hcld_lib.training.fit import Batches, FitResult, fit
 from hcld_lib.training.log import RunLog
-
-LOSS_TERMS: tuple[str, ...] = (
-    "ce_emotion", "ce_speaker", "icld_pos", "icld_neg", "icld", "supcon", "label", "orth",
-)
-"""Loss terms logged per epoch (unweighted means over the epoch's batches), as ``loss_<term>``."""
+from hcld_lib.training.stopping import SCORE, plateau_epoch, should_stop
 
 SPLITS: tuple[str, ...] = ("val", "test", "speaker_test")
 
@@ -62,6 +66,10 @@ EVAL_BATCH = 256
 
 def fold_split(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.ndarray]:
     """The cache, its utterance table, the config's fold, and each table row's cache row."""
+    if not config.features:
+        raise HcldError("RunConfig.features is empty: set it to the folder of a feature cache "
+                        "(hcld_lib.features.extract.extract_features, or Experiment.config() "
+                        "in a notebook, makes one)")
     cache = open_cache(config.features)
     table = cache.table.reset_index(drop=True)
     folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
@@ -149,18 +157,6 @@ def prepare_fold(config: RunConfig) -> FoldData:
                     emotion, speaker, train, normalizer)
 
 
-def sampler_needs(config: RunConfig) -> tuple[str, ...]:
-    """The positives the batches must hold for the contrastive terms of ``config``."""
-    needs = []
-    if config.w_supcon > 0:
-        needs.append("emotion" if config.supcon_space == "emotion" else "speaker")
-    if config.w_label > 0:
-        needs.append("emotion")
-    if config.w_cld > 0:
-        needs.append("speaker_emotion")
-    return tuple(dict.fromkeys(needs))
-
-
 # --- the model -----------------------------------------------------------------------------------
 
 
@@ -173,7 +169,7 @@ def model_kwargs(config: RunConfig, data: FoldData, n_speakers: int | None = Non
         emotion_arch=config.emotion_arch, speaker_arch=config.speaker_arch_resolved,
         embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, n_layers=config.n_layers,
         dropout=config.dropout, n_heads=config.n_heads, n_layers_in=int(data.cache.n_layers),
-        speaker_branch=bool(config.speaker_branch), branches=config.branches,
+        speaker_branch=config.speaker_branch, branches=config.branches,
     )
 
 
@@ -202,22 +198,28 @@ def load_pretrained(model: DualBranchModel, path: str | Path) -> None:
         ) from err
 
 
-def build_model(config: RunConfig, data: FoldData) -> tuple[DualBranchModel, LabelAnchors | None]:
-    """The two-branch model (seeded by ``config.seed`` through :func:`set_seed` beforehand) and,
-    when the label-anchored term is on, the label anchors (seeded apart, ``seed + 1``, so that
-    whether the text embeddings were computed or read from their file does not change the run)."""
+def build_model(config: RunConfig, data: FoldData) -> tuple[DualBranchModel, nn.ModuleDict]:
+    """The two-branch model (seeded by ``config.seed`` through :func:`set_seed` beforehand) and
+    the networks its terms train (label anchors, an adversary, ...), by term name
+    (:func:`hcld_lib.method.terms.build_term_modules`: seeded apart, so they change no initial
+    weight of the model)."""
     model = DualBranchModel(**model_kwargs(config, data))
-    anchors = None
-    if config.w_label > 0:
-        with torch.random.fork_rng(devices=[]):
-            anchors = LabelAnchors(data.emotion_labels, config.embed_dim,
-                                   text_encoder=config.text_encoder,
-                                   cache_dir=Path(config.out_dir) / ".label_text")
-            torch.manual_seed(config.seed + 1)
-            for module in anchors.modules():
-                if module is not anchors and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-    return model, anchors
+    context = ModuleContext(config.embed_dim, len(data.emotion_labels), len(data.speaker_labels),
+                            tuple(data.emotion_labels))
+    return model, build_term_modules(config.settings(), context, config.seed)
+
+
+def prepare_shared(configs: list[RunConfig]) -> None:
+    """Compute once, here, what the runs of ``configs`` would each compute first: the label-word
+    embeddings of their text encoders (:func:`hcld_lib.method.anchors.label_text_embeddings`
+    writes them to this machine's cache, where every run of the machine then reads them)."""
+    done: set[tuple[str, str]] = set()
+    for c in configs:
+        key = (c.features, c.lcl_text_encoder)
+        if c.features and c.w_lcl > 0 and c.lcl_text_encoder != "learned" and key not in done:
+            done.add(key)
+            labels = emotion_order(open_cache(c.features).table["emotion"])
+            label_text_embeddings(c.lcl_text_encoder, label_words(labels))
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -234,11 +236,12 @@ def predict(model: nn.Module, features: FoldFeatures, positions: np.ndarray, bat
     positions = np.asarray(positions, dtype=np.int64)
     order = np.argsort(features.lengths.cpu().numpy()[positions], kind="stable")
     parts: dict[str, list[torch.Tensor]] = {"x_e": [], "x_s": [], "emotion_pred": [],
-                                            "speaker_pred": []}
+                                            "speaker_pred": [], "emotion_logp": []}
     for start in range(0, len(order), batch_size):
         out = model(*features.gather(positions[order[start:start + batch_size]]))
         parts["x_e"].append(out["x_e"].float())
         parts["emotion_pred"].append(out["emotion_logits"].argmax(-1))
+        parts["emotion_logp"].append(torch.log_softmax(out["emotion_logits"].float(), -1))
         if out["x_s"] is not None:
             parts["x_s"].append(out["x_s"].float())
             parts["speaker_pred"].append(out["speaker_logits"].argmax(-1))
@@ -259,6 +262,9 @@ def split_metrics(pred: dict[str, np.ndarray | None], emotion: np.ndarray, speak
     result["emotion"] = classification_metrics(
         emo_names[emotion], emo_names[pred["emotion_pred"]], data.emotion_labels
     )
+    # cross-entropy of the emotion head on this part: a smoother signal than UA on a small part
+    result["emotion"]["loss"] = float(-pred["emotion_logp"][np.arange(len(emotion)),
+                                                            emotion].mean())
     known = speaker >= 0
     if with_speaker and pred["speaker_pred"] is not None and known.any():
         spk_names = np.asarray(data.speaker_labels)
@@ -274,6 +280,8 @@ def _flat(split: str, metrics: dict[str, Any]) -> dict[str, float]:
         for name in ("wa", "ua"):
             block = metrics.get(task)
             row[f"{split}_{task}_{name}"] = float(block[name]) if block else float("nan")
+    block = metrics.get("emotion")
+    row[f"{split}_emotion_loss"] = float(block["loss"]) if block else float("nan")
     return row
 
 
@@ -285,57 +293,91 @@ def _progress_line(config: RunConfig, row: dict[str, Any]) -> str:
         return "  -  " if math.isnan(v) else f"{100 * v:5.1f}"
 
     spk_split = "test" if config.protocol == "paper" else "speaker_test"
-    return (f"[{config.resolved_run_name}] ep {row['epoch']:3d}/{config.epochs} "
+    return (f"[{config.resolved_run_name}] ep {row['epoch']:3d}/{config.max_epochs} "
             f"loss {row['loss']:.3f}  val UA {pct('val_emotion_ua')}  "
             f"test UA {pct('test_emotion_ua')}  spk UA {pct(spk_split + '_speaker_ua')}")
+
+
+# --- how long -------------------------------------------------------------------------------------
+
+
+def stopping_settings(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`hcld_lib.training.stopping.should_stop` for ``config``."""
+    return dict(max_epochs=config.max_epochs, stop_at_plateau=config.stop_at_plateau,
+                patience=config.patience, window=config.plateau_window,
+                min_epochs=config.min_epochs)
+
+
+def training_length(config: RunConfig, history: list[dict[str, Any]], stopped_early: bool
+                    ) -> dict[str, Any]:
+    """How long the run trained and why it stopped: ``epochs_trained``, ``stop_reason``
+    (``"plateau"`` or ``"max_epochs"``), ``plateau_epoch`` (the first epoch at which the plateau
+    rule held, ``None`` if it never did) and ``converged`` (it did)."""
+    plateau = plateau_epoch([row.get(SCORE, math.nan) for row in history], config.patience,
+                            config.plateau_window)
+    return {"epochs_trained": len(history),
+            "stop_reason": "plateau" if stopped_early else "max_epochs",
+            "plateau_epoch": plateau, "converged": plateau is not None}
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 
-def _fit_functions(config: RunConfig, data: FoldData, model: DualBranchModel,
-                   anchors: LabelAnchors | None, features: FoldFeatures,
-                   sampler: ContrastiveBatchSampler, same_test: bool, device: torch.device
-                   ) -> tuple[Callable[[int], Batches], Callable[..., Any], Callable[..., Any],
-                              Callable[[int], Evaluation]]:
-    """:func:`fit`'s ``batches`` (``sampler`` over ``data.train``), ``forward``, ``loss``
-    (:func:`hcld_lib.method.losses.objective` with ``config``'s weights) and ``evaluate``
-    (payload: the :func:`split_metrics` of :data:`SPLITS`; columns: WA / UA; score: val UA)."""
-    emotion = torch.tensor(data.emotion, device=device)
-    speaker = torch.tensor(data.speaker, device=device)
-    losses = config.loss_settings()
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
-    def make_batch(positions: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = torch.as_tensor(data.train[positions], device=device)
-        x, lengths = features.gather(rows)
-        return {"x": x, "lengths": lengths, "emotion": emotion[rows], "speaker": speaker[rows]}
 
-    def batches(epoch: int) -> Batches:
-        return Batches(sampler.batches(epoch), make_batch)
 
-    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        return model(batch["x"], batch["lengths"])
+class RunTask:
+    """What :func:`fit` trains for one run: the sampler's batches over the labelled training
+    rows, the model's forward pass, the objective (:func:`hcld_lib.method.terms.objective` with
+    the run's weights and its terms' networks) and the evaluation of every part (columns: WA /
+    UA and the emotion loss; score: validation emotion UA; payload: :func:`split_metrics` of
+    :data:`SPLITS`)."""
 
-    def loss(out: dict[str, torch.Tensor | None], batch: dict[str, torch.Tensor]):
-        label_emb = anchors(batch["emotion"]) if anchors is not None else None
-        return objective(out, batch["emotion"], batch["speaker"], label_emb, **losses)
+    def __init__(self, config: RunConfig, data: FoldData, model: DualBranchModel,
+                 modules: nn.ModuleDict, features: FoldFeatures, device: torch.device) -> None:
+        self.config, self.data, self.model, self.modules = config, data, model, modules
+        self.features, self.device = features, device
+        self.settings = config.settings()
+        self.emotion = torch.tensor(data.emotion, device=device)
+        self.speaker = torch.tensor(data.speaker, device=device)
+        self.sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
+                                               config.batch_size, seed=config.seed,
+                                               need=config.sampler_needs)
+        self.same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
 
-    def evaluate(epoch: int) -> tuple[dict[str, float], float | None, dict[str, Any]]:
+    def _batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(self.data.train[positions], device=self.device)
+        x, lengths = self.features.gather(rows)
+        return {"x": x, "lengths": lengths, "emotion": self.emotion[rows],
+                "speaker": self.speaker[rows]}
+
+    def batches(self, epoch: int) -> Batches:
+        return Batches(self.sampler.batches(epoch), self._batch)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | None]:
+        return self.model(batch["x"], batch["lengths"])
+
+    def loss(self, out: dict[str, torch.Tensor | None], batch: dict[str, Any]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return objective(out, batch["emotion"], batch["speaker"], self.settings, self.modules,
+                         progress=batch.get("progress", 0.0))
+
+    def evaluate(self, epoch: int) -> tuple[dict[str, float], float | None, dict[str, Any]]:
         metrics: dict[str, Any] = {}
         for name in SPLITS:
-            if name == "speaker_test" and same_test:
+            if name == "speaker_test" and self.same_test:
                 metrics[name] = metrics["test"]
                 continue
-            rows = data.split_rows(name)
-            pred = predict(model, features, rows, EVAL_BATCH)
-            with_speaker = not (name == "test" and config.protocol == "loso")
-            metrics[name] = split_metrics(pred, data.emotion[rows], data.speaker[rows], data,
-                                          with_speaker)
+            rows = self.data.split_rows(name)
+            pred = predict(self.model, self.features, rows, EVAL_BATCH)
+            with_speaker = not (name == "test" and self.config.protocol == "loso")
+            metrics[name] = split_metrics(pred, self.data.emotion[rows], self.data.speaker[rows],
+                                          self.data, with_speaker)
         columns = {k: v for name, m in metrics.items() for k, v in _flat(name, m).items()}
         val = metrics["val"]["emotion"]
         return columns, (val["ua"] if val else None), metrics
-
-    return batches, forward, loss, evaluate
 
 
 def train_run(
@@ -351,7 +393,7 @@ def train_run(
         on_epoch_end: called as ``on_epoch_end(epoch, history_row)`` after each epoch (epochs
             count from 1).
     Returns:
-        The content of ``metrics.json``: ``config``, ``identity``, ``run_name``, ``fold``,
+        The content of ``metrics.json``: ``config``, ``result_key``, ``run_name``, ``fold``,
         ``protocol``, ``selected_epoch``, ``val`` / ``test`` / ``speaker_test`` (each
         ``{"emotion": metrics, "speaker": metrics or None, "n": N}``, metrics from
         :func:`hcld_lib.analysis.metrics.classification_metrics`), ``best_on_test``
@@ -365,7 +407,7 @@ def train_run(
     ckpt_path = run_dir / "checkpoint.pt"
     if metrics_path.is_file():  # finished: never trained again
         metrics = json.loads(metrics_path.read_text())
-        if metrics.get("identity") not in (None, json.loads(json.dumps(config.identity()))):
+        if metrics.get("result_key") != json.loads(json.dumps(config.result_key())):
             raise HcldError(f"{run_dir} holds a finished run with other settings than this one; "
                             "delete the folder (or `make clean-runs`) to train this run")
         ckpt_path.unlink(missing_ok=True)
@@ -373,45 +415,45 @@ def train_run(
     set_seed(config.seed)
     device = resolve_device(config.device)
     data = prepare_fold(config)
-    model, anchors = build_model(config, data)
-    module = nn.ModuleDict({"model": model} | ({"anchors": anchors} if anchors else {}))
+    model, modules = build_model(config, data)
+    module = nn.ModuleDict({"model": model, "terms": modules})
     module.to(device)
     if config.init_emotion_encoder and not ckpt_path.is_file():
         load_pretrained(model, config.init_emotion_encoder)
 
-    features = data.features(device)
-    sampler = ContrastiveBatchSampler(data.emotion[data.train], data.speaker[data.train],
-                                      config.batch_size, seed=config.seed,
-                                      need=sampler_needs(config))
-    same_test = np.array_equal(data.fold.test, data.fold.speaker_test)
-    batches, forward, loss, evaluate = _fit_functions(config, data, model, anchors, features,
-                                                      sampler, same_test, device)
-    done = (torch.load(ckpt_path, map_location="cpu", weights_only=False)["history"]
-            if ckpt_path.is_file() else [])  # the rows of the epochs before the checkpoint
-    log = RunLog(run_dir, done, config.checkpoint_every,
-                 (lambda row: _progress_line(config, row)) if verbose else None, on_epoch_end)
+    task = RunTask(config, data, model, modules, data.features(device), device)
+    logs: list[RunLog] = []
+
+    def start_log(history: list[dict[str, Any]]) -> None:  # the epochs a checkpoint holds
+        logs.append(RunLog(run_dir, history, config.checkpoint_every,
+                           (lambda row: _progress_line(config, row)) if verbose else None,
+                           on_epoch_end))
+
     result = fit(
-        module, batches, forward, loss, epochs=config.epochs, lr=config.lr,
-        warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay, terms=LOSS_TERMS,
-        evaluate=evaluate, checkpoint=ckpt_path, checkpoint_every=config.checkpoint_every,
-        identity=config.identity(), on_epoch_end=log.epoch, device=device, amp=config.amp,
+        module, task.batches, task.forward, task.loss, epochs=config.max_epochs, lr=config.lr,
+        warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay, terms=LOGGED,
+        evaluate=task.evaluate, checkpoint=ckpt_path, checkpoint_every=config.checkpoint_every,
+        identity=config.result_key(), on_start=start_log,
+        on_epoch_end=lambda row: logs[0].epoch(row), device=device, amp=config.amp,
+        stop=lambda history: should_stop(history, **stopping_settings(config)),
     )
-    log.close(result.best_epoch)
+    logs[0].close(result.best_epoch)
     module.load_state_dict(result.best_state)
-    return _export(config, data, module, result, features, same_test, device, run_dir)
+    return _export(config, data, module, result, task, run_dir)
 
 
-def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: Any,
-            features: FoldFeatures, same_test: bool, device: torch.device, run_dir: Path
-            ) -> dict[str, Any]:
-    """Write the selected epoch's embeddings, model and metrics (metrics.json last)."""
+def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: FitResult,
+            task: RunTask, run_dir: Path) -> dict[str, Any]:
+    """Write the selected epoch's embeddings, model and metrics (metrics.json last); ``module``
+    holds the selected epoch's state."""
     model = module["model"]
     arrays: dict[str, np.ndarray] = {}
-    for prefix, name in [("", "test")] + ([] if same_test else [("spk_", "speaker_test")]):
+    parts = [("", "test")] + ([] if task.same_test else [("spk_", "speaker_test")])
+    for prefix, name in parts:
         rows = data.split_rows(name)
         if len(rows) == 0:
             continue
-        pred = predict(model, features, rows, EVAL_BATCH)
+        pred = predict(model, task.features, rows, EVAL_BATCH)
         arrays[prefix + "x_e"] = pred["x_e"].astype(np.float32)
         if pred["x_s"] is not None:
             arrays[prefix + "x_s"] = pred["x_s"].astype(np.float32)
@@ -420,11 +462,11 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
         arrays[prefix + "emotion_pred"] = np.asarray(data.emotion_labels)[pred["emotion_pred"]]
         arrays[prefix + "split"] = np.full(len(rows), name)
     atomic_save_npz(run_dir / "embeddings.npz", **arrays)
-    state = result.best_state
+    normalizer = {k: torch.from_numpy(v) for k, v in data.normalizer.state_dict().items()}
     atomic_torch_save(
-        {"model": {k[6:]: v for k, v in state.items() if k.startswith("model.")},
-         "anchors": {k[8:]: v for k, v in state.items() if k.startswith("anchors.")} or None,
-         "model_kwargs": model_kwargs(config, data), "normalizer": data.normalizer.state_dict(),
+        {"model": _cpu(model.state_dict()),
+         "terms": {name: _cpu(m.state_dict()) for name, m in module["terms"].items()},
+         "model_kwargs": model_kwargs(config, data), "normalizer": normalizer,
          "emotion_labels": data.emotion_labels, "speaker_labels": data.speaker_labels,
          "frame_stride": config.frame_stride, "max_frames": config.max_frames,
          "features": str(config.features), "selected_epoch": result.best_epoch,
@@ -436,8 +478,9 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
     test_ua = [h["test_emotion_ua"] for h in result.history]
     best_test = int(np.nanargmax(test_ua)) if not all(map(math.isnan, test_ua)) else None
     metrics = {
-        "config": config.to_dict(), "identity": config.identity(),
+        "config": config.to_dict(), "result_key": config.result_key(),
         "run_name": config.resolved_run_name, "fold": int(fold.index), "protocol": config.protocol,
+        "speaker_branch": config.speaker_branch,
         "selected_epoch": result.best_epoch,
         "selection": "highest validation emotion UA (earlier epoch on ties)"
         if len(fold.val) else "last epoch (the fold has no validation part)",
@@ -452,8 +495,8 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: An
         "n_val": int(len(fold.val)), "n_test": int(len(fold.test)),
         "n_speaker_test": int(len(fold.speaker_test)),
         "emotion_labels": data.emotion_labels, "speaker_labels": data.speaker_labels,
-        "device": str(device), "epochs_trained": len(result.history),
-        "seconds": round(result.seconds, 3),
+        "device": str(task.device), "seconds": round(result.seconds, 3),
+        **training_length(config, result.history, result.stopped_early),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
@@ -471,9 +514,15 @@ def load_model(run: str | Path, device: str = "cpu") -> tuple[DualBranchModel, d
         path = path / "model.pt"
     if not path.is_file():
         raise HcldError(f"{path} does not exist: train the run first (train_run)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_torch(path, keys=("model", "model_kwargs", "normalizer", "frame_stride",
+                                   "max_frames"), what="a run's model file",
+                       remedy="delete the run folder and train the run again")
     model = DualBranchModel(**saved["model_kwargs"])
-    model.load_state_dict(saved["model"])
+    try:
+        model.load_state_dict(saved["model"])
+    except (RuntimeError, TypeError) as err:
+        raise HcldError(f"{path} does not hold the model its model_kwargs describe ({err}); "
+                        "delete the run folder and train the run again") from err
     model.to(resolve_device(device)).eval()
     return model, saved
 
