@@ -226,6 +226,39 @@ def test_manifest_missing_columns(tmp_path: Path) -> None:
         load_manifest(csv)
 
 
+@pytest.mark.parametrize("sep, encoding", [
+    (";", "utf-8"), ("\t", "utf-8"), ("|", "utf-8"), (",", "utf-8-sig"), (",", "utf-16"),
+    ("\t", "utf-16"), (";", "utf-16-le"), (",", "utf-16-be")])
+def test_manifest_as_spreadsheets_save_it_is_read_the_same(tmp_path: Path, sep: str,
+                                                           encoding: str) -> None:
+    """Semicolons (comma-decimal locales), tabs and '|'; a UTF-8 byte-order mark; UTF-16 with a
+    byte-order mark (Excel's Unicode text) or without: the same table as the plain CSV."""
+    rows = [dict(r, session="S1", duration="1.5") for r in _basic_rows()]
+    plain = load_manifest(_manifest(tmp_path, rows))
+    other = tmp_path / "other.csv"
+    pd.DataFrame(rows).to_csv(other, index=False, sep=sep, encoding=encoding)
+    pd.testing.assert_frame_equal(load_manifest(other), plain)
+
+
+def test_manifest_in_another_encoding_or_layout_says_what_to_fix(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,speaker,emotion\naudio/é.wav,s,neu\n".encode("latin-1"))
+    with pytest.raises(HcldError, match=f"manifest {latin} is not UTF-8 or UTF-16 text.*save it "
+                       "as UTF-8"):
+        load_manifest(latin)
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("path speaker emotion\na.wav s neu\n")
+    with pytest.raises(HcldError, match=r"lacks the column\(s\) path, speaker, emotion; its "
+                       r"header line has 'path speaker emotion' \(separators tried: comma, "
+                       r"semicolon, tab, '\|'\)"):
+        load_manifest(spaced)
+    named = tmp_path / "named.csv"
+    named.write_text("file;label;speaker\na.wav;neu;s\n")
+    with pytest.raises(HcldError, match=r"lacks the column\(s\) path, emotion; its header line "
+                       r"has 'file', 'label', 'speaker'"):
+        load_manifest(named)
+
+
 def test_manifest_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(HcldError, match="nope.csv does not exist"):
         load_manifest(tmp_path / "nope.csv")
