@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, listing
+from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, listing, warn_missing_emotions
 from hcld_lib.io import HcldError
 
 _GENDERS = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M",
@@ -237,6 +237,9 @@ def load_manifest(
             ``{"happy": "hap", "excited": "hap", "neutral": "neu"}``; a label mapped to ``None``
             drops its rows. Labels not in the map are kept as they are.
 
+    A table without one of the four emotions (e.g. after ``label_map`` dropped one) is returned
+    with a warning saying which emotions it has.
+
     Raises:
         HcldError: missing file or columns, empty values, unknown emotion names (after
             ``label_map``), missing audio files, duplicate audio files or utterance ids, unknown
@@ -251,4 +254,5 @@ def load_manifest(
     _default_session(df, csv_path)
     front = [*TABLE_COLUMNS] + (["duration"] if "duration" in df.columns else [])
     df = df[front + [c for c in df.columns if c not in front]]
+    warn_missing_emotions(df, f"manifest {csv_path}")
     return df.reset_index(drop=True)
