@@ -50,18 +50,18 @@ then the GCS server, the raylet, the workers and the dashboard agent listen on e
 ``RuntimeError`` if Ray still took another address. A driver that connects to such a Ray by
 its address (``127.0.0.1:port``, as the batch hands its shared Ray to the notebooks) connects
 the same way: Ray 2.60 would otherwise replace 127.0.0.1 by the outward address and wait for a
-GCS that is not there. Outside ``hcld_lib`` (``ray.init(address="127.0.0.1:port")`` by hand,
-or ``address="auto"`` to a loopback ``ray start``), export ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-first. The dashboard is off; its agents serve
+GCS that is not there. Outside ``hcld_lib`` (``ray.init(address="127.0.0.1:port")`` by hand),
+export ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` first. The dashboard is off; its agents serve
 127.0.0.1. Ray's token file (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``), which Ray
 writes readable by everyone (0644), is made readable by its owner only (0600) before the start,
 and created that way (64 random hex digits, as Ray makes it) when absent. A Ray that ``ray
 start`` began (``address="auto"``, a ``host:port``, ``RAY_ADDRESS``) is the user's: nothing of
 it is changed. To keep such a cluster private:
 
-* one machine: ``export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, then
-  ``ray start --head --node-ip-address=127.0.0.1`` binds every Ray process to loopback, as the
-  local Ray here, and a driver run from the same shell (``--ray-address auto``) finds it;
+* one machine: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head
+  --node-ip-address=127.0.0.1`` binds every Ray process to 127.0.0.1 (GCS, raylet, agents,
+  dashboard, Ray Client server), as the local Ray here; run the batch with
+  ``RAY_AUTH_MODE=token`` and ``--ray-address 127.0.0.1:6379`` (the explicit address);
 * several machines: the nodes must reach each other, so keep them on a private network or behind
   a firewall that admits only the other nodes (Ray's ports: the GCS ``--port``, and the
   ``--node-manager-port``, ``--object-manager-port`` and ``--min-worker-port`` ..
