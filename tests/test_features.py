@@ -344,6 +344,9 @@ def test_bad_inputs_are_reported(tmp_path):
     bad = table.assign(path=[str(tmp_path / "gone.wav")])
     with pytest.raises(HcldError, match="gone.wav"):
         extract_features(bad, "fbank", tmp_path / "c")
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(HcldError, match=r"feature cache folder \(cache_dir\) .*file is a file"):
+        extract_features(table, "fbank", tmp_path / "file", progress=False)
 
 
 def test_normalizer_uses_only_the_given_valid_frames(tmp_path):

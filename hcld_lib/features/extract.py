@@ -44,6 +44,7 @@ from hcld_lib.io import (
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
+    ensure_writable_dir,
     load_npz,
 )
 from hcld_lib.runtime import progress as progress_bar
@@ -297,6 +298,7 @@ def extract_features(
     cached = _open_complete(folder)
     if cached is not None:
         return cached
+    ensure_writable_dir(folder.parent, "feature cache folder (cache_dir)")
 
     start = time.time()
     n = len(table)
