@@ -92,3 +92,49 @@ def test_bad_max_seconds(tmp_path):
     sf.write(path, _tone(0.1, 16000), 16000)
     with pytest.raises(HcldError, match="max_seconds"):
         load_audio(path, max_seconds=0)
+
+
+def _float_wav(path, samples, sr=16000):
+    sf.write(path, np.asarray(samples, dtype=np.float32), sr, subtype="FLOAT")
+    return path
+
+
+def test_non_finite_samples_are_refused_naming_the_file(tmp_path):
+    x = _tone(0.2, 16000)
+    x[100], x[2000] = np.nan, np.inf
+    path = _float_wav(tmp_path / "nan.wav", x)
+    with pytest.raises(HcldError, match=r"nan.wav contains 2 NaN or infinite samples \(the first "
+                       r"at sample 100\): it is damaged"):
+        load_audio(path)
+
+
+@pytest.mark.parametrize("peak", [1e30, 32767.0, 100.5])
+def test_absurd_amplitudes_are_refused_naming_the_file(tmp_path, peak):
+    """1e30: garbage that overflows an encoder into NaN; 32767: integer values written as float."""
+    path = _float_wav(tmp_path / "loud.wav", peak * _tone(0.2, 16000) / 0.5)
+    with pytest.raises(HcldError) as err:
+        load_audio(path)
+    message = str(err.value)
+    assert message.startswith(f"audio file {path} has samples up to {peak:.3g} in absolute value")
+    assert "within [-1, 1] (hcld accepts up to 100)" in message and "re-export" in message
+
+
+@pytest.mark.parametrize("peak", [0.99, 1.6, 100.0])
+def test_float_audio_with_headroom_is_read_as_it_is(tmp_path, peak):
+    x = peak * _tone(0.2, 16000) / 0.5
+    wave, valid = load_audio(_float_wav(tmp_path / "hot.wav", x), max_seconds=None)
+    np.testing.assert_array_equal(wave, x.astype(np.float32))
+
+
+def test_a_file_of_huge_samples_never_reaches_the_feature_cache(tmp_path):
+    import pandas as pd
+
+    from hcld_lib.features.extract import extract_features
+
+    good = _float_wav(tmp_path / "good.wav", _tone(0.5, 16000))
+    huge = _float_wav(tmp_path / "huge.wav", np.full(8000, 1e30))
+    table = pd.DataFrame({"utterance_id": ["good", "huge"], "path": [str(good), str(huge)],
+                          "speaker": ["s", "s"], "emotion": ["neu", "sad"]})
+    with pytest.raises(HcldError, match=f"audio file {huge} has samples up to 1e\\+30"):
+        extract_features(table, "fbank", tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("*/meta.json"))

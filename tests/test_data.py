@@ -155,6 +155,67 @@ def test_iemocap_partial_copy_warns(tmp_path: Path) -> None:
     assert set(table["session"]) == {"Session1", "Session2"}
 
 
+def _rewrite(txt: Path, old: str, new: str) -> None:
+    text = txt.read_text()
+    assert old in text
+    txt.write_text(text.replace(old, new))
+
+
+def test_iemocap_unreadable_label_lines_are_counted_and_named(tmp_path: Path) -> None:
+    release = make_iemocap(tmp_path)
+    txt = release / "Session2" / "dialog" / "EmoEvaluation" / "Ses02F_impro01.txt"
+    _rewrite(txt, "[8.5000 - 10.2500]", "[15.0 -]")  # Ses02F_impro01_M000 (ang)
+    _rewrite(txt, "[11.0000 - 12.5000]", "[1e3 - 2]")  # Ses02F_impro01_M001 (exc)
+    with pytest.warns(UserWarning) as caught:
+        table = load_iemocap(release)
+    message = "\n".join(str(w.message) for w in caught)
+    assert "2 IEMOCAP label line(s) in 1 file(s) cannot be read and were skipped" in message
+    assert f"{txt}: 2 line(s), e.g. line 8: '[15.0 -]" in message
+    assert len(table) == 5 * 5 - 2
+    assert not table["utterance_id"].isin(["Ses02F_impro01_M000", "Ses02F_impro01_M001"]).any()
+
+
+def test_iemocap_label_file_with_no_readable_line_is_refused(tmp_path: Path) -> None:
+    release = make_iemocap(tmp_path)
+    txt = release / "Session4" / "dialog" / "EmoEvaluation" / "Ses04M_script01_1.txt"
+    txt.write_text(txt.read_text().replace(" - ", " to "))
+    with pytest.raises(HcldError, match=rf"{txt}: none of its 3 label lines can be read \(line 3: "
+                       r"'\[1.0000 to 3.5000\].*a label line reads '\[START - END\]"):
+        load_iemocap(release)
+
+
+def test_iemocap_end_before_start_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    release = make_iemocap(tmp_path)
+    txt = release / "Session3" / "dialog" / "EmoEvaluation" / "Ses03M_script01_1.txt"
+    _rewrite(txt, "[4.0000 - 5.0000]", "[20.0 - 18.0]")  # Ses03M_script01_1_M000 (hap)
+    with pytest.raises(HcldError, match=rf"{txt}, line 8: utterance Ses03M_script01_1_M000 ends "
+                       r"\(18 s\) before it starts \(20 s\); fix the times"):
+        load_iemocap(release)
+    _rewrite(txt, "[20.0 - 18.0]", "[4.0000 - 5.0000]")
+    _rewrite(txt, "[5.5000 - 6.0000]", "[6.0 - 5.5]")  # a dropped label (sur): not refused
+    assert len(load_iemocap(release)) == 25
+
+
+def test_a_corpus_without_one_emotion_is_loaded_with_a_warning(tmp_path: Path) -> None:
+    release = make_iemocap(tmp_path)
+    for txt in release.glob("Session*/dialog/EmoEvaluation/*.txt"):
+        txt.write_text(txt.read_text().replace("\tsad\t", "\tfru\t"))
+    with pytest.warns(UserWarning, match=rf"the IEMOCAP release {release} has no sad "
+                      r"utterances: its emotions are neu \(5\), hap \(10\), ang \(5\), so models "
+                      "trained on it tell 3 emotions apart"):
+        table = load_corpus("iemocap", root=release)
+    assert set(table["emotion"]) == {"neu", "hap", "ang"}
+    with pytest.warns(UserWarning, match=r"manifest .*syn/manifest.csv has no neu, sad "
+                      r"utterances: its emotions are hap \(1\), ang \(1\)"):
+        load_corpus("synthetic", synthetic_dir=tmp_path / "syn", n_utterances=2, seed=0)
+
+
+def test_a_complete_corpus_loads_without_a_warning(iemocap: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert set(load_corpus("iemocap", root=iemocap)["emotion"]) == set(EMOTIONS)
+
+
 # ----------------------------------------------------------------------------------------------
 # Manifest
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +287,39 @@ def test_manifest_missing_columns(tmp_path: Path) -> None:
         load_manifest(csv)
 
 
+@pytest.mark.parametrize("sep, encoding", [
+    (";", "utf-8"), ("\t", "utf-8"), ("|", "utf-8"), (",", "utf-8-sig"), (",", "utf-16"),
+    ("\t", "utf-16"), (";", "utf-16-le"), (",", "utf-16-be")])
+def test_manifest_as_spreadsheets_save_it_is_read_the_same(tmp_path: Path, sep: str,
+                                                           encoding: str) -> None:
+    """Semicolons (comma-decimal locales), tabs and '|'; a UTF-8 byte-order mark; UTF-16 with a
+    byte-order mark (Excel's Unicode text) or without: the same table as the plain CSV."""
+    rows = [dict(r, session="S1", duration="1.5") for r in _basic_rows()]
+    plain = load_manifest(_manifest(tmp_path, rows))
+    other = tmp_path / "other.csv"
+    pd.DataFrame(rows).to_csv(other, index=False, sep=sep, encoding=encoding)
+    pd.testing.assert_frame_equal(load_manifest(other), plain)
+
+
+def test_manifest_in_another_encoding_or_layout_says_what_to_fix(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,speaker,emotion\naudio/é.wav,s,neu\n".encode("latin-1"))
+    with pytest.raises(HcldError, match=f"manifest {latin} is not UTF-8 or UTF-16 text.*save it "
+                       "as UTF-8"):
+        load_manifest(latin)
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("path speaker emotion\na.wav s neu\n")
+    with pytest.raises(HcldError, match=r"lacks the column\(s\) path, speaker, emotion; its "
+                       r"header line has 'path speaker emotion' \(separators tried: comma, "
+                       r"semicolon, tab, '\|'\)"):
+        load_manifest(spaced)
+    named = tmp_path / "named.csv"
+    named.write_text("file;label;speaker\na.wav;neu;s\n")
+    with pytest.raises(HcldError, match=r"lacks the column\(s\) path, emotion; its header line "
+                       r"has 'file', 'label', 'speaker'"):
+        load_manifest(named)
+
+
 def test_manifest_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(HcldError, match="nope.csv does not exist"):
         load_manifest(tmp_path / "nope.csv")
@@ -275,8 +369,9 @@ def test_manifest_duplicate_stems_without_ids(tmp_path: Path) -> None:
                        r"line 2: utterance_id='take1'.*line 3: .*add a unique utterance_id"):
         load_manifest(csv)
     rows = [dict(r, utterance_id=f"u{i}") for i, r in enumerate(rows)]
-    assert list(load_manifest(_manifest(tmp_path, rows, name="ok.csv"))["utterance_id"]) == [
-        "u0", "u1", "u2"]
+    with pytest.warns(UserWarning, match="has no hap, ang utterances"):
+        table = load_manifest(_manifest(tmp_path, rows, name="ok.csv"))
+    assert list(table["utterance_id"]) == ["u0", "u1", "u2"]
 
 
 def test_manifest_empty_values_and_bad_gender(tmp_path: Path) -> None:
@@ -297,7 +392,10 @@ def test_manifest_empty_values_and_bad_gender(tmp_path: Path) -> None:
 def test_load_corpus_dispatches(iemocap: Path, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(load_corpus("iemocap", root=iemocap), load_iemocap(iemocap))
     csv = _manifest(tmp_path, [dict(r, session="s") for r in _basic_rows()])
-    table = load_corpus("manifest", manifest=csv, label_map={"sad": None})
+    with pytest.warns(UserWarning, match=rf"manifest {csv} has no sad utterances: its emotions "
+                      r"are neu \(3\), hap \(3\), ang \(3\), so models trained on it tell 3 "
+                      r"emotions apart, not the 4 of neu, hap, ang, sad"):
+        table = load_corpus("manifest", manifest=csv, label_map={"sad": None})
     assert "sad" not in set(table["emotion"]) and len(table) == 9
     syn = load_corpus("synthetic", synthetic_dir=tmp_path / "syn", n_utterances=8, seed=1,
                       emotion_strength=0.5)

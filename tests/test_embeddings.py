@@ -47,6 +47,18 @@ def test_run_embeddings_from_a_folder_a_file_or_a_dict(tmp_path):
                              "speaker": np.zeros(3)}, require_ids=True)
 
 
+def test_damaged_run_files_are_named_with_the_remedy(tmp_path):
+    _fake_run(tmp_path / "run", "hcld", True)
+    npz, metrics = tmp_path / "run" / "embeddings.npz", tmp_path / "run" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:10])
+    with pytest.raises(HcldError, match=rf"run metrics {metrics} is not valid JSON.*delete the "
+                       r"run folder .* and train the run again"):
+        load_run_embeddings(tmp_path / "run")
+    npz.write_bytes(npz.read_bytes()[:200])
+    with pytest.raises(HcldError, match=rf"run embeddings {npz} is truncated or not an .npz"):
+        load_run_embeddings(tmp_path / "run")
+
+
 def test_speaker_spaces_are_scored_on_the_same_utterances(tmp_path):
     _fake_run(tmp_path / "orth0", "orth", True, 0, ("u1", "u2", "u3"))
     _fake_run(tmp_path / "hcld0", "hcld", True, 0, ("u1", "u2", "u3"))

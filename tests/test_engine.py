@@ -8,7 +8,9 @@ through the job's ``runtime_env``. Ray itself only adds the driver's working dir
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from hcld_lib.experiments import engine as ray_engine
 from hcld_lib.experiments.engine import TaskFailed, ray_session, run_tasks
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -299,3 +302,101 @@ def test_a_killed_driver_resumes_without_retraining_finished_runs(ray_cluster, t
     assert len(rows) == len(configs) and all(is_finished(c) for c in configs)
     for name, mtime in finished.items():  # a finished run is read, never trained again
         assert Path(out, name, "metrics.json").stat().st_mtime_ns == mtime
+
+
+# -- the local Ray stays on this machine -----------------------------------------------------------
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as the gRPC servers bind
+    return (mapped or address).is_loopback
+
+
+def _listening(processes) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of ``processes``."""
+    import psutil
+
+    found = []
+    for process in processes:
+        try:
+            name = process.name()
+            found += [(name, c.laddr.ip, c.laddr.port) for c in process.net_connections("inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):  # a worker that just exited
+            continue
+    return found
+
+
+def test_the_local_ray_listens_on_loopback_only_and_keeps_its_token_private(ray_cluster):
+    """Every process of the Ray that ray_session started (the driver, the GCS server, the raylet,
+    the agents, the workers: the driver and its descendants) listens on 127.0.0.1 alone."""
+    import psutil
+
+    assert run_tasks(square, [(i, 0.0) for i in range(2)]) == [0, 1]  # workers are up
+    driver = psutil.Process()
+    sockets = _listening([driver, *driver.children(recursive=True)])
+    names = {name for name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::") for n in names), names
+    assert [s for s in sockets if not _is_loopback(s[1])] == []
+    assert ray_cluster.startswith(f"{ray_engine.LOOPBACK}:")
+    token = ray_engine.ray_token_file()
+    if token is not None:  # None: the token is in RAY_AUTH_TOKEN, or authentication is off
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_an_absent_token_file_is_created_private(home):
+    token = ray_engine.private_token_file()
+    assert token == home / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    text = token.read_text()
+    assert len(text) == 64 and int(text, 16) >= 0  # 256 random bits in hex, as Ray makes it
+    assert ray_engine.private_token_file() == token and token.read_text() == text  # kept
+
+
+def test_a_readable_token_file_is_made_private_and_kept(home, monkeypatch):
+    token = home / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("f" * 64)
+    token.chmod(0o644)  # as Ray 2.60 writes it
+    assert ray_engine.private_token_file() == token
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == "f" * 64
+    given = home / "elsewhere" / "token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(given))
+    assert ray_engine.private_token_file() == given and not given.exists()  # Ray's to report
+    given.parent.mkdir()
+    given.write_text("e" * 64)
+    given.chmod(0o640)
+    assert ray_engine.private_token_file() == given
+    assert stat.S_IMODE(given.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("variable, value", [("RAY_AUTH_TOKEN", "a" * 64),
+                                             ("RAY_AUTH_MODE", "disabled")])
+def test_no_token_file_is_made_when_the_token_is_elsewhere_or_off(home, monkeypatch, variable,
+                                                                   value):
+    monkeypatch.setenv(variable, value)
+    assert ray_engine.private_token_file() is None
+    assert not (home / ".ray").exists()
+
+
+def test_a_ray_that_took_an_outward_address_is_stopped_and_refused():
+    from types import SimpleNamespace
+
+    stopped = []
+    fake = SimpleNamespace(util=SimpleNamespace(get_node_ip_address=lambda: "192.0.2.7"),
+                           shutdown=lambda: stopped.append(True))
+    with pytest.raises(RuntimeError, match=r"took the node address 192\.0\.2\.7.*serial"):
+        ray_engine._check_loopback(fake)
+    assert stopped == [True]
+    fake.util.get_node_ip_address = lambda: ray_engine.LOOPBACK
+    ray_engine._check_loopback(fake)
+    assert stopped == [True]

@@ -209,7 +209,7 @@ def test_corrupt_cache_is_refused_then_rebuilt(tmp_path):
     size = feat.stat().st_size
     with open(feat, "r+b") as f:
         f.truncate(size - 1000)
-    with pytest.raises(HcldError, match="truncated.*Delete the folder"):
+    with pytest.raises(HcldError, match="truncated.*Delete the cache folder"):
         open_cache(folder)
     with pytest.warns(UserWarning, match="Rebuilding"):
         rebuilt = extract_features(table, "fbank", tmp_path / "c", progress=False)
@@ -231,8 +231,106 @@ def test_changed_bytes_fail_verification(tmp_path):
     with pytest.raises(HcldError, match="checksum.*u1"):
         open_cache(folder, verify=True)
     (folder / "meta.json").write_text("{not json")
-    with pytest.raises(HcldError, match="meta.json cannot be read"):
+    with pytest.raises(HcldError, match=r"feature cache file .*meta.json is not valid JSON.*"
+                       r"delete the cache folder .* and re-extract"):
         open_cache(folder)
+
+
+def _damage_row(folder: Path, row: int, how: str) -> None:
+    """Change one row of features.npy behind the cache's back: zeros, or garbled bytes."""
+    arr = np.load(folder / "features.npy", mmap_mode="r+")
+    if how == "zeros":
+        arr[row] = 0
+    else:  # random bytes, NaN and infinities among them
+        raw = np.random.default_rng(row).integers(0, 2**16, arr[row].size, dtype=np.uint16)
+        arr[row] = raw.view(np.float16).reshape(arr[row].shape)
+    arr.flush()
+    del arr
+
+
+@pytest.mark.parametrize("how", ["zeros", "garbled"])
+def test_a_changed_row_is_named_by_verify_and_extracted_again(tmp_path, monkeypatch, how):
+    table = _table(tmp_path / "wav", [0.5, 0.9, 0.7, 1.2])
+    reference = extract_features(table, "fbank", tmp_path / "ref", progress=False)
+    good = np.array(reference.array)
+    cache = extract_features(table, "fbank", tmp_path / "c", progress=False)
+    folder = cache.path
+    _damage_row(folder, 2, how)
+    cache.verify([0, 1, 3])  # the rows a fold would use, all intact
+    cache.verify(["u0", "u3"])
+    with pytest.raises(HcldError) as err:
+        cache.verify()
+    message = str(err.value)
+    assert message.startswith(f"feature cache {folder} is corrupted: 1 of the 4 rows checked")
+    assert "u2 (row 2)" in message and "delete it and re-extract" in message
+    with pytest.raises(HcldError, match=r"1 of the 2 rows checked .*u2 \(row 2\)"):
+        cache.verify(np.array([3, 2]))
+    assert cache.bad_rows().tolist() == [2]
+    with pytest.raises(HcldError, match="rows outside 0..3"):
+        cache.verify([4])
+
+    counter = _Counter(FbankBackbone.forward)
+    monkeypatch.setattr(FbankBackbone, "forward", counter.method())
+    with pytest.warns(UserWarning, match=r"1 rows no longer match their checksum \(u2\): "
+                      "extracting them again"):
+        repaired = extract_features(table, "fbank", tmp_path / "c", progress=False)
+    assert repaired.path == folder and counter.utterances == 1  # only the changed row
+    np.testing.assert_array_equal(repaired.array, good)
+    repaired.verify()
+
+
+def test_verify_command_checks_caches_from_the_shell(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from hcld_lib.features.__main__ import main
+
+    table = _table(tmp_path / "wav", [0.5, 0.9])
+    folder = extract_features(table, "fbank", tmp_path / "cache", progress=False).path
+    other = extract_features(table, "fbank", tmp_path / "cache", max_seconds=2.0,
+                             progress=False).path
+    assert main(["verify", str(folder)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {folder}: 2 rows")
+    _damage_row(other, 1, "garbled")
+    assert main(["verify", str(tmp_path / "cache")]) == 1  # a folder of caches: each checked
+    out, err = capsys.readouterr()
+    assert f"OK {folder}: 2 rows" in out and f"FAILED {other}: feature cache {other} is " \
+        "corrupted" in err and "u1 (row 1)" in err
+    assert main(["verify", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    shell = subprocess.run([sys.executable, "-m", "hcld_lib.features", "verify", str(other)],
+                           capture_output=True, text=True, timeout=300)
+    assert shell.returncode == 1 and "delete it and re-extract" in shell.stderr
+    shell = subprocess.run([sys.executable, "-m", "hcld_lib.features", "verify", str(folder)],
+                           capture_output=True, text=True, timeout=300)
+    assert shell.returncode == 0 and shell.stdout.startswith(f"OK {folder}")
+
+
+def test_non_finite_features_are_refused_naming_the_file_and_backbone(tmp_path, monkeypatch):
+    table = _table(tmp_path / "wav", [0.5, 0.9, 0.7])
+    original = FbankBackbone.forward
+
+    def overflowing(bb, waves, layers):  # the clip of 0.9 s comes out as infinities
+        feats, frames = original(bb, waves, layers)
+        feats = feats.clone()
+        for j, w in enumerate(waves):
+            if len(w) == 14400:
+                feats[j, :, 2] = float("inf")
+        return feats, frames
+
+    monkeypatch.setattr(FbankBackbone, "forward", overflowing)
+    with pytest.raises(HcldError) as err:
+        extract_features(table, "fbank", tmp_path / "c", batch_size=1, progress=False)
+    message = str(err.value)
+    assert f"the fbank backbone gave NaN or infinite features for {table['path'][1]}" in message
+    assert "(utterance u1)" in message and "not cached" in message
+    folder = next((tmp_path / "c").iterdir())
+    assert not (folder / "meta.json").exists()  # never a complete cache
+    with np.load(folder / "progress.npz") as progress:
+        assert not progress["done"][1]
+    monkeypatch.setattr(FbankBackbone, "forward", original)
+    resumed = extract_features(table, "fbank", tmp_path / "c", batch_size=1, progress=False)
+    assert np.isfinite(resumed.array).all()
 
 
 def test_bad_inputs_are_reported(tmp_path):
@@ -246,6 +344,9 @@ def test_bad_inputs_are_reported(tmp_path):
     bad = table.assign(path=[str(tmp_path / "gone.wav")])
     with pytest.raises(HcldError, match="gone.wav"):
         extract_features(bad, "fbank", tmp_path / "c")
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(HcldError, match=r"feature cache folder \(cache_dir\) .*file is a file"):
+        extract_features(table, "fbank", tmp_path / "file", progress=False)
 
 
 def test_normalizer_uses_only_the_given_valid_frames(tmp_path):

@@ -84,6 +84,10 @@ def test_cache_is_reused_and_complete(tiny_table, tmp_path, monkeypatch):
     with pytest.raises(AssertionError):
         speaker_embeddings(tiny_table.iloc[:2], "resemblyzer", tmp_path, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    (folder / "embeddings.npy").write_bytes((folder / "embeddings.npy").read_bytes()[:100])
+    with pytest.raises(HcldError, match=r"speaker-embedding cache file .*embeddings.npy is "
+                       r"truncated.*delete the folder"):
+        speaker_embeddings(tiny_table, "resemblyzer", tmp_path, progress=False)
 
 
 def test_ecapa_without_speechbrain_is_a_clear_error(monkeypatch):

@@ -9,7 +9,6 @@ metrics) and ``embeddings.npz``: the fold's test part as ``x_e`` ``[N, E]``, ``x
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, load_npz, read_json
 
 EmbeddingSource = str | os.PathLike | Mapping[str, Any]
 """A run folder, its ``embeddings.npz``, or a dict with the same keys."""
@@ -59,12 +58,13 @@ def load_run_embeddings(
             path = path / "embeddings.npz"
         if not path.is_file():
             raise HcldError(f"{path} does not exist; train the run first (train_run)")
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
+        remedy = f"delete the run folder {path.parent} and train the run again"
+        data = load_npz(path, what="run embeddings", remedy=remedy)
         where, run_dir = str(path), path.parent
         metrics = run_dir / "metrics.json"
         if metrics.is_file():
-            config = json.loads(metrics.read_text()).get("config", {})
+            read = read_json(metrics, what="run metrics", remedy=remedy)
+            config = read.get("config", {}) if isinstance(read, dict) else {}
     missing = [k for k in ("x_e", "emotion", "speaker") if k not in data]
     if missing:
         raise HcldError(f"{where} lacks {missing}; expected keys x_e, [x_s], emotion, speaker")

@@ -61,6 +61,10 @@ def load_corpus(
         synthetic_dir: folder of the synthetic corpus; default :func:`default_synthetic_dir`.
         seed, n_utterances, **synth_kwargs: passed to :func:`synthesize_corpus`
             (``emotion_strength``, ``confounding``, ...).
+
+    Warns when the table lacks one of the four emotions (neu, hap, ang, sad), naming the ones it
+    has, before anything is trained on it (the synthetic corpus is read back through its
+    manifest, which warns so).
     """
     if dataset not in DATASETS:
         raise HcldError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")

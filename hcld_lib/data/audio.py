@@ -4,6 +4,13 @@ Every feature extractor in ``hcld_lib.features`` reads audio through :func:`load
 clip is decoded, mixed, resampled and trimmed the same way whatever the backbone. Files are read
 with ``soundfile`` (WAV, FLAC, OGG/Vorbis, ...); compressed formats it cannot open (MP3, M4A)
 must be converted first, e.g. ``ffmpeg -i in.m4a -ar 16000 out.wav``.
+
+Samples are checked before anything is computed from them: a NaN or infinite sample, or one
+louder than :data:`MAX_ABS_SAMPLE` (100) in absolute value, is refused naming the file. Integer
+PCM (16/24/32-bit) always decodes within [-1, 1); float WAVs normally hold [-1, 1] too, and the
+bound leaves 40 dB of headroom above full scale for float masters that clip a little, while
+catching the mis-scaled ones (integer sample values written as float reach 32768) and garbage
+(1e30) that would overflow the encoders into NaN features.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import soundfile as sf
 
 from hcld_lib.io import HcldError
 
-__all__ = ["audio_num_samples", "load_audio", "resample"]
+__all__ = ["MAX_ABS_SAMPLE", "audio_num_samples", "load_audio", "resample"]
+
+MAX_ABS_SAMPLE = 100.0
+"""The loudest sample accepted, in absolute value (full scale is 1; see the module docstring)."""
 
 # torchaudio's "kaiser_best" setting: a long windowed-sinc kernel, rolloff just below Nyquist.
 _RESAMPLE_KW = dict(
@@ -107,6 +117,23 @@ def resample(waveform: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     return out.numpy().astype(np.float32, copy=False)
 
 
+def _check_samples(path: Path, data: np.ndarray) -> None:
+    """Refuse non-finite samples and samples beyond :data:`MAX_ABS_SAMPLE`, naming the file."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise HcldError(
+            f"audio file {path} contains {int((~finite).sum())} NaN or infinite samples (the "
+            f"first at sample {first}): it is damaged; re-export it, or remove it from the table.")
+    peak = float(np.abs(data).max())
+    if peak > MAX_ABS_SAMPLE:
+        raise HcldError(
+            f"audio file {path} has samples up to {peak:.3g} in absolute value; audio should lie "
+            f"within [-1, 1] (hcld accepts up to {MAX_ABS_SAMPLE:g}). A float file this loud is "
+            "mis-scaled (integer sample values written as float?) or damaged: re-export it "
+            "normalised to [-1, 1], or remove it from the table.")
+
+
 def load_audio(
     path: str | os.PathLike, sample_rate: int = 16000, max_seconds: float | None = 7.5
 ) -> tuple[np.ndarray, int]:
@@ -120,8 +147,8 @@ def load_audio(
         ``(waveform [N] float32, valid_len)`` where ``waveform[valid_len:]`` is zero padding.
 
     Raises:
-        HcldError: naming the file, if it is missing, not decodable audio, empty or holds
-            non-finite samples.
+        HcldError: naming the file, if it is missing, not decodable audio, empty, or holds
+            non-finite samples or samples beyond ``MAX_ABS_SAMPLE`` (100) in absolute value.
     """
     path = Path(path)
     _check_exists(path)
@@ -133,9 +160,8 @@ def load_audio(
         raise HcldError(
             f"audio file {path} has no samples: remove it from the table or replace it."
         )
+    _check_samples(path, data)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(wave).all():
-        raise HcldError(f"audio file {path} contains NaN or infinite samples: re-export it.")
     wave = resample(np.ascontiguousarray(wave, dtype=np.float32), int(file_sr), int(sample_rate))
     target = _target_samples(max_seconds, sample_rate)
     if target is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from hcld_lib.data.labels import TABLE_COLUMNS, listing
+from hcld_lib.data.labels import TABLE_COLUMNS, listing, warn_missing_emotions
 from hcld_lib.io import HcldError
 
 IEMOCAP_LABELS: dict[str, str] = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang",
@@ -84,25 +84,57 @@ def _label_files(sdir: Path) -> list[Path]:
     return files
 
 
-def _label_rows(txt: Path, sdir: Path, seen: dict[str, Path],
-                bad_names: list[str]) -> list[dict[str, Any]]:
-    """The 4-class table rows of one label file of session folder ``sdir``.
+_LINE_FORMAT = "'[START - END]<TAB>utterance<TAB>label<TAB>[V, A, D]', times in seconds"
 
-    Records each utterance in ``seen`` (utterance -> label file; a second label raises) and
-    appends names whose speaker cannot be told to ``bad_names``.
+
+def _label_lines(txt: Path, skipped: dict[Path, list[tuple[int, str]]]
+                 ) -> list[tuple[int, re.Match]]:
+    """``(line number, match)`` of the label lines of ``txt`` (those that start with ``[``).
+
+    Lines that start with ``[`` but do not parse go to ``skipped[txt]``; a file none of whose
+    label lines parse is refused.
     """
-    session_no = int(_SESSION_DIR.match(sdir.name).group(1))
-    rows: list[dict[str, Any]] = []
-    for line in txt.read_text(encoding="utf-8", errors="replace").splitlines():
+    parsed, unread = [], []
+    text = txt.read_text(encoding="utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.startswith("["):
             continue
         m = _IEMOCAP_LINE.match(line)
         if m is None:
-            continue
+            unread.append((number, line.strip()))
+        else:
+            parsed.append((number, m))
+    if unread and not parsed:
+        number, line = unread[0]
+        raise HcldError(
+            f"{txt}: none of its {len(unread)} label lines can be read (line {number}: "
+            f"{line!r}); a label line reads {_LINE_FORMAT}. Re-extract this file from the "
+            "release archive, or fix its lines")
+    if unread:
+        skipped[txt] = unread
+    return parsed
+
+
+def _label_rows(txt: Path, sdir: Path, seen: dict[str, Path], bad_names: list[str],
+                skipped: dict[Path, list[tuple[int, str]]]) -> list[dict[str, Any]]:
+    """The 4-class table rows of one label file of session folder ``sdir``.
+
+    Records each utterance in ``seen`` (utterance -> label file; a second label raises), appends
+    names whose speaker cannot be told to ``bad_names`` and lines that do not parse to
+    ``skipped``; refuses a kept utterance that ends before it starts.
+    """
+    session_no = int(_SESSION_DIR.match(sdir.name).group(1))
+    rows: list[dict[str, Any]] = []
+    for number, m in _label_lines(txt, skipped):
         utt, label = m["utt"], m["label"].lower()
         emotion = IEMOCAP_LABELS.get(label)
         if emotion is None:
             continue
+        start, end = float(m["start"]), float(m["end"])
+        if end < start:
+            raise HcldError(
+                f"{txt}, line {number}: utterance {utt} ends ({end:g} s) before it starts "
+                f"({start:g} s); fix the times of this label line")
         dialog, _, last = utt.rpartition("_")
         letter = last[:1].upper()
         if not dialog or letter not in ("F", "M"):
@@ -121,9 +153,23 @@ def _label_rows(txt: Path, sdir: Path, seen: dict[str, Path],
             emotion=emotion,
             session=sdir.name,
             gender=letter,
-            duration=round(float(m["end"]) - float(m["start"]), 4),
+            duration=round(end - start, 4),
         ))
     return rows
+
+
+def _warn_skipped(skipped: dict[Path, list[tuple[int, str]]]) -> None:
+    """One warning for every label line that did not parse: how many, in which files."""
+    if not skipped:
+        return
+    total = sum(len(v) for v in skipped.values())
+    items = [f"{txt}: {len(lines)} line(s), e.g. line {lines[0][0]}: {lines[0][1]!r}"
+             for txt, lines in skipped.items()]
+    warnings.warn(
+        f"{total} IEMOCAP label line(s) in {len(skipped)} file(s) cannot be read and were "
+        f"skipped, with their utterances:\n{listing(items)}\na label line reads {_LINE_FORMAT}; "
+        "fix these lines to keep their utterances",
+        UserWarning, stacklevel=3)  # the caller of load_iemocap
 
 
 def _check_rows(rows: list[dict[str, Any]], bad_names: list[str], release: Path) -> None:
@@ -164,9 +210,16 @@ def load_iemocap(root: str | os.PathLike) -> pd.DataFrame:
     Args:
         root: the release folder (holding Session1..5) or its parent.
 
+    Label lines that start with ``[`` but do not parse (``[15.0 -]``, ``[1e3 - 2]``) are skipped
+    with one warning that counts them and names their files; a label file none of whose label
+    lines parse is refused (it is not a label file of the release). A table without one of the
+    four emotions is returned with a warning saying which emotions it has.
+
     Raises:
-        HcldError: missing folder, a session without label files, a malformed utterance name, or
-            labelled utterances whose WAV is missing (all of them listed, up to ten).
+        HcldError: missing folder, a session without label files, a label file with no readable
+            label line, a kept utterance that ends before it starts (file and line), a malformed
+            utterance name, or labelled utterances whose WAV is missing (all of them listed, up to
+            ten).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -178,9 +231,12 @@ def load_iemocap(root: str | os.PathLike) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     bad_names: list[str] = []
+    skipped: dict[Path, list[tuple[int, str]]] = {}
     for sdir in _session_dirs(release):
         for txt in _label_files(sdir):
-            rows += _label_rows(txt, sdir, seen, bad_names)
+            rows += _label_rows(txt, sdir, seen, bad_names, skipped)
     _check_rows(rows, bad_names, release)
+    _warn_skipped(skipped)
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "duration"])
+    warn_missing_emotions(table, f"the IEMOCAP release {release}")
     return table.sort_values("utterance_id", kind="stable").reset_index(drop=True)

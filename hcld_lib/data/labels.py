@@ -15,7 +15,10 @@ One row per utterance, the columns
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
+
+import pandas as pd
 
 EMOTIONS: tuple[str, ...] = ("neu", "hap", "ang", "sad")
 """The 4-class IEMOCAP set, in the order used for labels and tables (exc is merged into hap)."""
@@ -40,3 +43,21 @@ def listing(items: list[str], total: int | None = None) -> str:
     if total > _MAX_LISTED:
         lines.append(f"  ... and {total - _MAX_LISTED} more")
     return "\n".join(lines)
+
+
+def warn_missing_emotions(table: pd.DataFrame, source: str, stacklevel: int = 2) -> None:
+    """Warn when ``table`` lacks one of :data:`EMOTIONS`, saying which emotions it has (with
+    counts): models trained on it would tell fewer emotions apart than the paper's four, and
+    nothing later would say so. ``source`` names the corpus (its folder or manifest);
+    ``stacklevel`` 2 points the warning at the caller of the function that calls this one."""
+    counts = table["emotion"].astype(str).value_counts()
+    missing = [e for e in EMOTIONS if e not in counts.index]
+    if not missing or table.empty:
+        return
+    found = emotion_order(counts.index)
+    warnings.warn(
+        f"{source} has no {', '.join(missing)} utterances: its emotions are "
+        f"{', '.join(f'{e} ({counts[e]})' for e in found)}, so models trained on it tell "
+        f"{len(found)} emotions apart, not the {len(EMOTIONS)} of {', '.join(EMOTIONS)} (tables "
+        f"and figures will have {len(found)} classes)",
+        UserWarning, stacklevel=stacklevel + 1)

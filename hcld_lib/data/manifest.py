@@ -1,7 +1,18 @@
-"""Any corpus by manifest: a CSV with at least ``path, speaker, emotion``."""
+"""Any corpus by manifest: a CSV with at least ``path, speaker, emotion``.
+
+The file is read as it comes out of a spreadsheet: UTF-8 with or without a byte-order mark, or
+UTF-16 (Excel's "Unicode text"), and separated by commas, semicolons (a comma-decimal locale's
+CSV), tabs or ``|``: the encoding is told from the bytes, the separator from the header line
+(the one that splits it into the required columns). A file in another encoding is refused with
+what to save it as; a header that holds the required columns under no separator is refused with
+the columns seen.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
 import warnings
 from collections.abc import Mapping
@@ -9,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, listing
+from hcld_lib.data.labels import EMOTIONS, TABLE_COLUMNS, listing, warn_missing_emotions
 from hcld_lib.io import HcldError
 
 _GENDERS = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M",
@@ -26,6 +37,48 @@ def _rows(df: pd.DataFrame, mask: pd.Series, cols: list[str]) -> str:
     return listing(items, len(items))
 
 
+REQUIRED: tuple[str, ...] = ("path", "speaker", "emotion")
+SEPARATORS: tuple[str, ...] = (",", ";", "\t", "|")
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "'|'"}
+
+
+def _decode(csv_path: Path, raw: bytes) -> str:
+    """The manifest's text: UTF-8 (a byte-order mark dropped) or UTF-16 (with or without one)."""
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        head = raw[:400]
+        if len(head) >= 2 and head.count(0) * 3 >= len(head):  # ASCII as UTF-16, no BOM
+            zeros_first = head[0::2].count(0) > head[1::2].count(0)
+            return raw.decode("utf-16-be" if zeros_first else "utf-16-le")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HcldError(
+            f"manifest {csv_path} is not UTF-8 or UTF-16 text ({exc.reason} at byte "
+            f"{exc.start}): save it as UTF-8 (in a spreadsheet: CSV UTF-8) and try again"
+        ) from exc
+
+
+def _header_fields(text: str, sep: str) -> list[str]:
+    line = next((x for x in text.splitlines() if x.strip()), "")
+    return [f.strip() for f in next(csv.reader([line], delimiter=sep), [])]
+
+
+def _separator(csv_path: Path, text: str) -> str:
+    """The separator under which the header holds every required column."""
+    for sep in SEPARATORS:
+        if set(REQUIRED) <= set(_header_fields(text, sep)):
+            return sep
+    seen = max((_header_fields(text, sep) for sep in SEPARATORS), key=len)
+    missing = [c for c in REQUIRED if c not in seen]
+    raise HcldError(
+        f"manifest {csv_path} lacks the column(s) {', '.join(missing)}; its header line has "
+        f"{', '.join(repr(c) for c in seen) or 'nothing'} (separators tried: comma, semicolon, "
+        "tab, '|'). A manifest needs at least the columns path, speaker, emotion, named so in "
+        "its first line"
+    )
+
+
 def _read_table(csv_path: Path) -> pd.DataFrame:
     """The manifest as stripped strings; checks that it exists, parses, and has the required
     columns, none of them (nor ``session``, if present) with empty values.
@@ -33,16 +86,18 @@ def _read_table(csv_path: Path) -> pd.DataFrame:
     if not csv_path.is_file():
         raise HcldError(f"manifest {csv_path} does not exist: pass the path of your CSV manifest")
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HcldError(f"cannot read manifest {csv_path} as CSV: {exc}") from exc
+        raw = csv_path.read_bytes()
+    except OSError as exc:
+        raise HcldError(f"cannot read manifest {csv_path} ({exc.strerror})") from exc
+    text = _decode(csv_path, raw)
+    sep = _separator(csv_path, text)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                         skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise HcldError(f"cannot read manifest {csv_path} as a {_SEPARATOR_NAMES[sep]}-"
+                        f"separated table: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("path", "speaker", "emotion") if c not in df.columns]
-    if missing:
-        raise HcldError(
-            f"manifest {csv_path} lacks the column(s) {', '.join(missing)}; it has "
-            f"{', '.join(df.columns) or 'none'}. A manifest needs at least path, speaker, emotion"
-        )
     for c in df.columns:
         df[c] = df[c].astype(str).str.strip()
 
@@ -182,6 +237,9 @@ def load_manifest(
             ``{"happy": "hap", "excited": "hap", "neutral": "neu"}``; a label mapped to ``None``
             drops its rows. Labels not in the map are kept as they are.
 
+    A table without one of the four emotions (e.g. after ``label_map`` dropped one) is returned
+    with a warning saying which emotions it has.
+
     Raises:
         HcldError: missing file or columns, empty values, unknown emotion names (after
             ``label_map``), missing audio files, duplicate audio files or utterance ids, unknown
@@ -196,4 +254,5 @@ def load_manifest(
     _default_session(df, csv_path)
     front = [*TABLE_COLUMNS] + (["duration"] if "duration" in df.columns else [])
     df = df[front + [c for c in df.columns if c not in front]]
+    warn_missing_emotions(df, f"manifest {csv_path}")
     return df.reset_index(drop=True)

@@ -13,7 +13,6 @@ utterance) and, last, ``corpus.json`` (the parameters; its presence marks a comp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,13 @@ from hcld_lib.data.labels import EMOTIONS
 from hcld_lib.data.manifest import load_manifest
 from hcld_lib.data.render import random_text, render_utterance, wav_bytes
 from hcld_lib.data.voice import make_speakers, seeded_rng, utterance_factors
-from hcld_lib.io import HcldError, atomic_write_bytes, atomic_write_json, atomic_write_text
+from hcld_lib.io import (
+    HcldError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from hcld_lib.runtime import progress as progress_bar
 
 GENERATOR_VERSION = 1
@@ -247,11 +252,8 @@ def _write_tables(out: Path, plan: pd.DataFrame) -> None:
 
 
 def _read_params(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HcldError(f"cannot read {path} ({exc}): delete the folder {path.parent} and "
-                        "synthesize again") from exc
+    return read_json(path, what="synthetic corpus parameters",
+                     remedy=f"delete the folder {path.parent} and synthesize again")
 
 
 def _param_mismatch(out: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> str:

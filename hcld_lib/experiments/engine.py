@@ -19,8 +19,9 @@ Where Ray runs (``address``):
 
 * ``None``: if Ray is already initialised in this process, it is reused as it is. Otherwise, if
   the environment variable ``RAY_ADDRESS`` is set, connect to that cluster; otherwise start a
-  private local Ray (``num_cpus`` CPUs, default all of the machine's, no dashboard) and shut it
-  down afterwards. A cluster left running by ``ray start`` is never joined silently.
+  private local Ray (``num_cpus`` CPUs, default all of the machine's, no dashboard, on the
+  loopback interface only, see below) and shut it down afterwards. A cluster left running by
+  ``ray start`` is never joined silently.
 * ``"auto"``: the cluster started on this node by ``ray start``; ``"host:port"`` a cluster's GCS;
   ``"ray://host:port"`` a remote cluster through Ray Client. Only the connection is closed after.
 
@@ -36,6 +37,41 @@ driver on the head node with ``address="auto"``. Ray 2.60 turns on token authent
 the clusters that ``ray.init`` starts and writes the token to ``~/.ray/auth_token``. To connect
 from another shell to such a cluster, or to a ``ray start`` cluster that found a token, give an
 explicit address and export ``RAY_AUTH_MODE=token``.
+
+The local Ray listens on loopback only. On Linux, Ray 2.60 takes the machine's outward address
+as the node's address, even when ``ray.init`` is given ``_node_ip_address="127.0.0.1"`` (it
+replaces a loopback address by the outward one unless ``ray_constants.ENABLE_RAY_CLUSTER`` is
+false, which is what ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` sets when ``ray`` is imported), and
+then the GCS server, the raylet, the workers and the dashboard agent listen on every interface
+(``*`` / ``0.0.0.0``) and the runtime-env agent on the outward address. With the node's address
+127.0.0.1 every one of them binds to 127.0.0.1 instead. So the local Ray started here is given
+``_node_ip_address="127.0.0.1"`` while that flag is off, for the duration of ``ray.init`` only
+(a cluster joined later from the same process is unaffected), and the start is refused with a
+``RuntimeError`` if Ray still took another address. A driver that connects to such a Ray by
+its address (``127.0.0.1:port``, as the batch hands its shared Ray to the notebooks) connects
+the same way: Ray 2.60 would otherwise replace 127.0.0.1 by the outward address and wait for a
+GCS that is not there. Outside ``hcld_lib`` (``ray.init(address="127.0.0.1:port")`` by hand),
+export ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` first. The dashboard is off; its agents serve
+127.0.0.1. Ray's token file (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``), which Ray
+writes readable by everyone (0644), is made readable by its owner only (0600) before the start,
+and created that way (64 random hex digits, as Ray makes it) when absent. A Ray that ``ray
+start`` began (``address="auto"``, a ``host:port``, ``RAY_ADDRESS``) is the user's: nothing of
+it is changed. To keep such a cluster private:
+
+* one machine: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head
+  --node-ip-address=127.0.0.1`` binds every Ray process to 127.0.0.1 (GCS, raylet, agents,
+  dashboard, Ray Client server), as the local Ray here; run the batch with
+  ``RAY_AUTH_MODE=token`` and ``--ray-address 127.0.0.1:6379`` (the explicit address);
+* several machines: the nodes must reach each other, so keep them on a private network or behind
+  a firewall that admits only the other nodes (Ray's ports: the GCS ``--port``, and the
+  ``--node-manager-port``, ``--object-manager-port`` and ``--min-worker-port`` ..
+  ``--max-worker-port`` ranges, which can be fixed to open only those); turn token
+  authentication on: ``ray start`` uses it only when it finds a token, so create one first
+  (``ray get-auth-token --generate``), ``chmod 600 ~/.ray/auth_token``, copy it to every node
+  the same way and export ``RAY_AUTH_MODE=token`` (a missing token is then an error, not an
+  open cluster); leave the dashboard on its default host 127.0.0.1 (never
+  ``--dashboard-host 0.0.0.0``) and reach it through an SSH tunnel
+  (``ssh -L 8265:127.0.0.1:8265 head``).
 
 Workers import ``hcld_lib`` and the module of ``fn``. On this machine that already works, because
 the package is installed in the venv in editable mode and Ray puts the driver's working
@@ -70,14 +106,21 @@ Ray only does the bookkeeping and does not cap memory. Pass 0 to keep runs on th
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import secrets
+import stat
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TaskFailed", "ray_session", "run_tasks"]
+from hcld_lib.io import HcldError
+
+__all__ = ["LOOPBACK", "TaskFailed", "private_token_file", "ray_session", "ray_token_file",
+           "run_tasks"]
 
 THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -146,12 +189,105 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     runtime_env = dict(runtime_env or {})
     runtime_env["env_vars"] = {**THREAD_LIMITS, **runtime_env.get("env_vars", {})}
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    local = {"num_cpus": num_cpus, "include_dashboard": False} if target == "local" else {}
-    ray.init(address=target, runtime_env=runtime_env, logging_level=logging.ERROR, **local)
+    init = {"address": target, "runtime_env": runtime_env, "logging_level": logging.ERROR}
+    if target == "local":
+        private_token_file()
+        with _loopback_node():
+            ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host=LOOPBACK,
+                     _node_ip_address=LOOPBACK, **init)
+        _check_loopback(ray)
+    elif _on_loopback(target):  # a local Ray of another driver (the batch's shared one)
+        with _loopback_node():
+            ray.init(**init)
+    else:
+        ray.init(**init)
     try:
         yield False
     finally:
         ray.shutdown()
+
+
+LOOPBACK = "127.0.0.1"
+"""The address every process of the local Ray listens on."""
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Let Ray take 127.0.0.1 as the node's address while it starts (see the module docstring)."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether ``address`` is a GCS ``host:port`` on this machine's loopback interface."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "auto", "ray://...", a host name
+        return False
+
+
+def _check_loopback(ray: Any) -> None:
+    """Stop a local Ray whose node address is not loopback: its processes listen outside."""
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray took the node address {node} instead of {LOOPBACK}, so it would "
+            "listen on the network; this Ray version no longer honours the loopback setting of "
+            "hcld_lib.experiments.engine: use engine='serial' or start a cluster yourself")
+
+
+def ray_token_file() -> Path | None:
+    """The file a Ray started here reads its token from: ``RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``; None when the token is given in ``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_MODE=disabled`` turns authentication off."""
+    if (os.environ.get("RAY_AUTH_TOKEN")
+            or os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled"):
+        return None
+    given = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(given).expanduser() if given else Path.home() / ".ray" / "auth_token"
+
+
+def private_token_file() -> Path | None:
+    """Make the token file of a local Ray readable by its owner only (0600), first.
+
+    An absent default file is created private, with a token as Ray makes one (256 random bits
+    in hex), so that Ray finds it instead of writing its own readable by everyone. Returns the
+    file (None: no token file, see :func:`ray_token_file`).
+
+    Raises:
+        HcldError: naming the file, when its permissions cannot be changed (another owner).
+    """
+    path = ray_token_file()
+    if path is None:
+        return None
+    if not path.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it meanwhile: tightened below
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    if path.is_file() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        try:
+            os.chmod(path, 0o600)
+        except OSError as err:
+            raise HcldError(
+                f"Ray's token file {path} is readable by other users and cannot be made "
+                f"private ({err.strerror}): run `chmod 600 {path}` as its owner, or remove "
+                "it") from err
+    return path
 
 
 def run_tasks(

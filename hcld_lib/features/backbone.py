@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hcld_lib.io import atomic_write_json
+from hcld_lib.io import HcldError, atomic_write_json
 from hcld_lib.runtime import cache_home
 
 #: (kernel, stride) of the 7-layer convolutional front end of HuBERT / wav2vec 2.0 / WavLM.
@@ -88,7 +88,7 @@ def sha256_file(path: Path) -> str:
     memo[str(path)] = [*stamp, h.hexdigest()]
     try:
         atomic_write_json(memo_path, memo)
-    except OSError:  # a read-only home: hash again next time
+    except (OSError, HcldError):  # a read-only home: hash again next time
         pass
     return h.hexdigest()
 

@@ -50,7 +50,7 @@ import torch
 
 from hcld_lib import runtime
 from hcld_lib.data.audio import load_audio
-from hcld_lib.io import HcldError, atomic_dir, slug
+from hcld_lib.io import HcldError, atomic_dir, load_npy, slug
 
 SAMPLE_RATE = 16000
 ECAPA_SOURCE = "speechbrain/spkrec-ecapa-voxceleb"
@@ -264,8 +264,13 @@ def _table_key(table: pd.DataFrame, identity: str) -> str:
 def _read_cache(folder: Path) -> tuple[np.ndarray, list[str]]:
     if not (folder / COMPLETE_MARKER).is_file():
         raise HcldError(f"speaker-embedding cache {folder} is incomplete; delete it to rebuild")
-    emb = np.load(folder / "embeddings.npy")
-    ids = (folder / "ids.txt").read_text().splitlines()
+    remedy = f"delete the folder {folder} to rebuild it"
+    emb = load_npy(folder / "embeddings.npy", what="speaker-embedding cache file", remedy=remedy)
+    try:
+        ids = (folder / "ids.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise HcldError(f"speaker-embedding cache file {folder / 'ids.txt'} cannot be read "
+                        f"({err}): {remedy}") from err
     if len(ids) != len(emb):
         raise HcldError(f"speaker-embedding cache {folder} is corrupt (ids vs rows); delete it")
     return emb, ids

@@ -42,7 +42,7 @@ from hcld_lib.features.backbone import (
     sha256_bytes,
     sha256_file,
 )
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, read_json
 
 
 def hubert_checkpoint_path() -> Path:
@@ -311,8 +311,10 @@ class HFBackbone(Backbone):
             path = None
         if not path:
             return False, 16000
-        with open(path) as f:
-            pre = json.load(f)
+        pre = read_json(path, what="Hugging Face preprocessor config",
+                        remedy=f"delete it (or the model's folder) and fetch {self.name} again")
+        if not isinstance(pre, dict):
+            return False, 16000
         return bool(pre.get("do_normalize", False)), int(pre.get("sampling_rate", 16000))
 
     def _ensure_model(self) -> torch.nn.Module:
