@@ -146,34 +146,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_torch(path: str | os.PathLike, keys: tuple[str, ...] = (), what: str = "file",
-               remedy: str = "delete it and run again") -> dict[str, Any]:
-    """A dict saved with ``torch.save``, read with ``weights_only=True`` (tensors, numbers,
-    strings, lists and dicts only: a pickle that would run code is refused), holding ``keys``.
-
-    Raises:
-        HcldError: naming the file and ``what`` it should be, and saying ``remedy``, when it is
-            missing, unreadable (truncated, random bytes, a code-running pickle) or lacks a key.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise HcldError(f"{path} ({what}) does not exist; {remedy}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError, ...
-        reason = " ".join(str(err).split())[:300]
-        raise HcldError(f"{path} ({what}) cannot be read safely: {type(err).__name__}: "
-                        f"{reason}; {remedy}") from err
-    if not isinstance(obj, dict):
-        raise HcldError(f"{path} ({what}) holds a {type(obj).__name__}, not a dict; {remedy}")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise HcldError(f"{path} ({what}) lacks {missing}; {remedy}")
-    return obj
-
-
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to ``final_dir`` only on success.

@@ -165,3 +165,23 @@ def test_only_the_default_experiment_writes_the_committed_figures(tmp_path, knob
     quiet.save_figure(fig, "y")
     assert not (tmp_path / "f" / "y.png").exists()
     plt.close(fig)
+
+
+def test_setup_refuses_more_folds_than_the_split_and_keeps_its_folders_in_the_repository(
+        tmp_path, monkeypatch):
+    from hcld_lib.experiments.params import REPO
+
+    with pytest.raises(HcldError, match="folds=7: the data is split into n_folds=5"):
+        setup(folds=7, work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
+    assert setup(folds=7, overrides={"n_folds": 7}, work_dir=str(tmp_path / "w"),
+                 results_dir=str(tmp_path / "r")).folds == list(range(7))
+    # the default folders are the repository's, from wherever setup is called
+    monkeypatch.chdir(tmp_path)
+    exp = setup()
+    assert (exp.work_dir, exp.results_root, exp.figures_dir) == (
+        REPO / "runs", REPO / "results", REPO / "figures")
+    # other relative folders follow the current directory; an unwritable one is said now
+    assert setup(work_dir="mine", figures_dir=None).work_dir == tmp_path / "mine"
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(HcldError, match="work_dir .* is a file, not a folder"):
+        setup(work_dir="taken")

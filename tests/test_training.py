@@ -371,3 +371,103 @@ def test_a_shorter_budget_is_exactly_the_first_epochs_of_a_longer_run(cache_path
     assert row["test_emotion_ua"] == pytest.approx(short["test"]["emotion"]["ua"], abs=0)
     assert row["speaker_test_speaker_ua"] == pytest.approx(
         short["speaker_test"]["speaker"]["ua"], abs=0)
+
+
+# --- nothing runs that should not, nothing wrong passes silently ------------------------------
+
+
+class _Planted:
+    """A pickle that runs a shell command when loaded without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_code_running_checkpoint_or_model_is_refused_by_name(cache_path, tmp_path):
+    from hcld_lib.training.run import load_model
+
+    config = _config(cache_path, tmp_path, "emo_only", max_epochs=1)
+    marker = tmp_path / "pwned"
+    config.run_dir.mkdir(parents=True)
+    torch.save({"identity": _Planted(marker)}, config.run_dir / "checkpoint.pt")
+    with pytest.raises(HcldError, match="checkpoint.pt"):
+        train_run(config)
+    planted_model = tmp_path / "other" / "model.pt"
+    planted_model.parent.mkdir()
+    torch.save({"model": _Planted(marker)}, planted_model)
+    with pytest.raises(HcldError, match="model.pt"):
+        load_model(planted_model)
+    assert not marker.exists()  # nothing of either pickle ran
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"PK\x03\x04 truncated", "checkpoint.pt"),
+    (b"\x80\x04random bytes", "checkpoint.pt"),
+    (None, "lacks"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name(cache_path, tmp_path, content, words):
+    config = _config(cache_path, tmp_path, "emo_only", max_epochs=1)
+    config.run_dir.mkdir(parents=True)
+    if content is None:
+        torch.save({"identity": config.result_key(), "epoch": 1}, config.run_dir / "checkpoint.pt")
+    else:
+        (config.run_dir / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(HcldError, match=words) as err:
+        train_run(config)
+    assert "delete" in str(err.value)
+
+
+def test_a_truncated_metrics_file_is_refused_by_name(emo_only_run):
+    config, _ = emo_only_run
+    path = config.run_dir / "metrics.json"
+    text = path.read_text()
+    try:
+        path.write_text(text[: len(text) // 2])
+        with pytest.raises(HcldError, match="metrics.json"):
+            train_run(config)
+    finally:
+        path.write_text(text)
+
+
+def test_an_unwritable_runs_folder_and_a_missing_cache_are_said_before_any_work(cache_path,
+                                                                                tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(HcldError, match="a-file is a file, not a folder"):
+        train_run(_config(cache_path, blocker, "emo_only", max_epochs=1))
+    with pytest.raises(HcldError, match="RunConfig.features is empty"):
+        train_run(RunConfig(variant="emo_only", out_dir=str(tmp_path / "runs"), max_epochs=1))
+
+
+def test_two_processes_cannot_train_one_run_folder_at_once(cache_path, tmp_path):
+    import fcntl
+
+    config = _config(cache_path, tmp_path, "emo_only", max_epochs=1)
+    config.run_dir.mkdir(parents=True)
+    with open(config.run_dir / ".lock", "a+") as held:  # another process training it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(HcldError, match="being trained by another process"):
+            train_run(config)
+    assert train_run(config)["epochs_trained"] == 1  # free again: it trains
+
+
+def test_a_non_finite_loss_says_whether_the_data_or_the_training_is_at_fault():
+    from torch import nn
+
+    from hcld_lib.training.fit import Batches, fit
+
+    def run(x: torch.Tensor, lr: float) -> None:
+        layer = nn.Linear(2, 1)
+        batches = lambda epoch: Batches([0], lambda i: {"x": x})  # noqa: E731
+        fit(layer, batches, lambda b: {"y": layer(b["x"])},
+            lambda out, b: (out["y"].sum() * 1e30 ** 2, {}), epochs=1, lr=lr)
+
+    with pytest.raises(HcldError, match=r"\['x'\] hold NaN or infinite values.*data"):
+        run(torch.tensor([[float("nan"), 1.0]]), lr=1e-3)
+    with pytest.raises(HcldError, match="training diverged: lower lr"):
+        run(torch.tensor([[1e10, 1.0]]), lr=1e-3)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, read_csv
 from hcld_lib.training.stopping import at_budget
 
 PLATEAU = "plateau stop"
@@ -57,10 +57,8 @@ def _epochs(label: str) -> int | None:
 
 
 def _history(run_dir: str) -> pd.DataFrame:
-    path = Path(run_dir) / "history.csv"
-    if not path.is_file():
-        raise HcldError(f"{path} does not exist: the run has not finished; train it first")
-    return pd.read_csv(path)
+    return read_csv(Path(run_dir) / "history.csv", what="a run's history",
+                    remedy="train the run (or delete its folder and train it again)")
 
 
 def budget_runs(runs: pd.DataFrame, budgets: Sequence[int], final: str = PLATEAU

@@ -7,7 +7,6 @@ flight. :func:`run_grid` returns one row per run (:func:`hcld_lib.experiments.ta
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -19,7 +18,7 @@ import pandas as pd
 from hcld_lib import runtime
 from hcld_lib.experiments.engine import TaskFailed, run_tasks
 from hcld_lib.experiments.tables import metrics_row
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, read_json
 from hcld_lib.method.variants import ARCHS, PAPER_VARIANTS, VARIANTS
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.run import prepare_shared, train_run
@@ -188,7 +187,8 @@ def finished_grid(configs: Sequence[RunConfig], what: str = "the grid (notebook 
     rows = []
     for c in configs:
         run_dir = c.run_dir
-        row = metrics_row(json.loads((run_dir / "metrics.json").read_text()),
+        row = metrics_row(read_json(run_dir / "metrics.json", what="a finished run's metrics",
+                                    remedy="delete the run folder and run the grid again"),
                           run_name=c.resolved_run_name)
         rows.append({**row, "run_dir": str(run_dir)})
     return pd.DataFrame(rows)

@@ -12,7 +12,6 @@ of the training part's labels), three conditions (:data:`CONDITIONS`):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from hcld_lib.experiments.engine import run_tasks
 from hcld_lib.experiments.grid import fold_list as fold_list_of
 from hcld_lib.experiments.grid import run_configs
 from hcld_lib.experiments.tables import mean_std
-from hcld_lib.io import HcldError, short_hash
+from hcld_lib.io import HcldError, read_json, short_hash
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.pretrain import fold_pseudo_labels, history_file, pretrain_emotion_encoder
 
@@ -175,7 +174,9 @@ def label_budget_experiment(
     info = pd.DataFrame([{"condition": cond, "train_fraction": f,
                           "pretrained": cfg.init_emotion_encoder or ""}
                          for cond, f, cfg in runs])
-    metrics = [json.loads((c.run_dir / "metrics.json").read_text()) for _, _, c in runs]
+    metrics = [read_json(c.run_dir / "metrics.json", what="a finished run's metrics",
+                         remedy="delete the run folder and run the experiment again")
+               for _, _, c in runs]
     rows = rows.assign(n_train=[int(m["n_train"]) for m in metrics])
     return pd.concat([info, rows.drop(columns=["train_fraction"])], axis=1)
 

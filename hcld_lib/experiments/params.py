@@ -40,7 +40,14 @@ from hcld_lib.experiments.grid import finished_grid, grid_configs, run_configs
 from hcld_lib.experiments.tables import write_tables
 from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.extract import extract_features
-from hcld_lib.io import HcldError, atomic_write_bytes, short_hash, slug
+from hcld_lib.io import (
+    HcldError,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    read_csv,
+    short_hash,
+    slug,
+)
 from hcld_lib.method.variants import ARCHS, TABLE_VARIANTS
 from hcld_lib.training.config import RUN_FIELDS, RunConfig
 
@@ -357,11 +364,9 @@ class Experiment:
     def read_table(self, stem: str, chapter: str) -> pd.DataFrame:
         """A table that ``chapter`` wrote for this experiment (``<stem>.csv`` in its folder); a
         missing one is an error that says which chapter to run first."""
-        path = self.results_dir / f"{stem}.csv"
-        if not path.is_file():
-            raise HcldError(f"{path} does not exist: run {chapter} on this experiment first "
-                            "(with the same parameters)")
-        return pd.read_csv(path)
+        return read_csv(self.results_dir / f"{stem}.csv", what=f"a table of {chapter}",
+                        remedy=f"run {chapter} on this experiment first (with the same "
+                               "parameters)")
 
     def save_figure(self, fig: Any, name: str, dpi: int = 120) -> Path:
         """Write ``fig`` as ``<name>.png`` into the experiment's folder (and, for the default
@@ -384,12 +389,27 @@ def _listed(value: Any, default: Sequence[Any]) -> list[Any]:
     return list(value)
 
 
+REPO = Path(__file__).resolve().parents[2]
+"""The repository holding this package (its ``notebooks/`` folder, when it is one)."""
+
+
+def _folder(given: Mapping[str, Any], knob: str) -> Path:
+    """A folder knob as an absolute path: a default one relative to the repository's
+    ``notebooks/`` folder, any other relative one to the current directory."""
+    value = Path(given[knob]).expanduser()
+    if given[knob] == KNOBS[knob] and (REPO / "notebooks").is_dir():
+        return (REPO / "notebooks" / value).resolve()
+    return value.absolute()
+
+
 def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experiment:
     """The experiment a notebook's parameters describe.
 
     ``namespace`` is the notebook's ``globals()``: the knobs of :data:`KNOBS` found in it are
-    used (any other name is ignored); ``knobs`` given here win. Relative folders are resolved
-    against the current directory (a notebook's folder under Jupyter and papermill).
+    used (any other name is ignored); ``knobs`` given here win. The default folders
+    (``../runs``, ``../results``, ``../figures`` of a notebook) are the repository's, wherever
+    this is called from (a notebook, a script at the repository's root); other relative folders
+    are resolved against the current directory.
 
     Raises:
         HcldError: an unknown profile or dataset, a missing ``iemocap_root`` / ``manifest``, or
@@ -421,7 +441,10 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     run.update(overrides)
     n_folds = int(run.get("n_folds", 5))
     n_run = int(given["folds"] if given["folds"] is not None else prof.folds)
-    run["n_folds"] = max(n_folds, n_run)  # asking for more folds than the profile splits into
+    if not 1 <= n_run <= n_folds:
+        raise HcldError(f"folds={n_run}: the data is split into n_folds={n_folds} folds and "
+                        f"folds runs the first of them; ask for 1..{n_folds}, or split "
+                        f"differently with overrides={{'n_folds': {max(n_run, 2)}}}")
     seeds = [int(s) for s in _listed(given["seeds"], prof.seeds)]
     if given["engine"] not in ("ray", "serial"):
         raise HcldError(f"engine={given['engine']!r}; choose 'ray' or 'serial'")
@@ -437,7 +460,8 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     if overrides:
         name += f"__{short_hash(overrides)}"
     default = given["profile"] == "quick" and all(given[k] == KNOBS[k] for k in SHAPING)
-    return Experiment(
+    RunConfig(**{k: v for k, v in run.items() if k in RUN_FIELDS})  # bad values, said now
+    exp = Experiment(
         profile=given["profile"], dataset=dataset, backbone=backbone, protocol=run["protocol"],
         corpus_name=corpus, folds=list(range(n_run)), seeds=seeds,
         variants=_listed(given["variants"], TABLE_VARIANTS),
@@ -449,9 +473,13 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
                   if given["manifest"] else None),
         engine=given["engine"], ray_address=given["ray_address"],
         run_settings=run, overrides=overrides,
-        work_dir=Path(given["work_dir"]).expanduser().absolute(),
-        results_root=Path(given["results_dir"]).expanduser().absolute(),
-        figures_dir=(Path(given["figures_dir"]).expanduser().absolute()
-                     if given["figures_dir"] else None),
+        work_dir=_folder(given, "work_dir"), results_root=_folder(given, "results_dir"),
+        figures_dir=_folder(given, "figures_dir") if given["figures_dir"] else None,
         name=name, is_default=default, knobs=given,
     )
+    # an output folder that cannot be written is said now, by name, not after the work
+    ensure_writable_dir(exp.work_dir, "work_dir (corpus, feature caches and runs)")
+    ensure_writable_dir(exp.results_root, "results_dir (figures and tables)")
+    if exp.is_default and exp.figures_dir is not None:
+        ensure_writable_dir(exp.figures_dir, "figures_dir (the committed figures)")
+    return exp

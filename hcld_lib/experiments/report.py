@@ -23,8 +23,10 @@ from hcld_lib.experiments.comparisons import (
 )
 from hcld_lib.experiments.params import Experiment
 from hcld_lib.experiments.readings import holding_readings
-from hcld_lib.io import atomic_write_text
+from hcld_lib.io import atomic_write_text, read_csv
 from hcld_lib.method.variants import variant_label
+
+_RERUN = "run the notebook that wrote it again (make reproduce)"
 
 
 def decoupling_sentences(card: pd.DataFrame) -> list[str]:
@@ -173,7 +175,7 @@ def write_index(results_root: str | os.PathLike) -> Path:
         headline, held = "–", "–"
         claims_csv = folder / f"{CLAIMS_TABLE}.csv"
         if claims_csv.is_file():
-            claims = pd.read_csv(claims_csv)
+            claims = read_csv(claims_csv, what="a claims table", remedy=_RERUN)
             rows = claims[(claims["comparison"] == "HCLD vs EMO-only")
                           & (claims["metric"] == "emo_ua")]
             headline = "; ".join(f"{r.arch} {r.mean:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}] "
@@ -181,7 +183,8 @@ def write_index(results_root: str | os.PathLike) -> Path:
                                  for r in rows.itertuples()) or "–"
         readings_csv = folder / f"{READINGS_TABLE}.csv"
         if readings_csv.is_file():
-            held = ", ".join(holding_readings(pd.read_csv(readings_csv))) or "none"
+            held = ", ".join(holding_readings(read_csv(readings_csv, what="a readings table",
+                                                       remedy=_RERUN))) or "none"
         report = f"[report]({folder.name}/report.md)" if (folder / "report.md").is_file() else "–"
         lines.append(f"| `{folder.name}` | {report} | {headline} | {held} |")
     return atomic_write_text(root / "index.md", "\n".join(lines) + "\n")

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from hcld_lib import runtime
 from hcld_lib.features.backbone import sha256_bytes, sha256_file
-from hcld_lib.io import HcldError, atomic_write_bytes
+from hcld_lib.io import HcldError, atomic_write_bytes, load_npy
 from hcld_lib.runtime import cache_home
 
 #: Label code -> the word given to the text encoder (IEMOCAP, CREMA-D, RAVDESS style codes).
@@ -228,11 +228,8 @@ def label_text_embeddings(text_encoder: str, words: Sequence[str]) -> Tensor:
     path = cache_home() / "label_text" / f"{key[:24]}.npy"
     text = None
     if path.is_file():
-        try:
-            array = np.load(path)
-        except (OSError, ValueError) as err:
-            raise HcldError(f"cannot read the cached label embeddings {path} ({err}); delete "
-                            "the file, it is made again") from err
+        array = load_npy(path, what="cached label-word embeddings",
+                         remedy="delete the file, it is made again")
         if array.ndim != 2 or array.shape[0] != len(words) or not np.isfinite(array).all():
             raise HcldError(f"the cached label embeddings {path} hold {array.shape}, not "
                             f"{len(words)} finite rows; delete the file, it is made again")

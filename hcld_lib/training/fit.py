@@ -202,9 +202,7 @@ def _train_epoch(
             out = forward(batch)
         total, values = loss(_float32(out) if cast is not None else out, batch)
         if not torch.isfinite(total):
-            shown = {k: float(v) for k, v in values.items()}
-            raise HcldError(f"non-finite loss at epoch {epoch + 1} step {step} ({shown}); "
-                            "lower lr")
+            raise _non_finite(epoch, step, values, batch, lr_t)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
@@ -222,6 +220,21 @@ def _train_epoch(
     for term in terms:
         row[f"loss_{term}"] = sums[term] / n_steps if term in sums else float("nan")
     return row
+
+
+def _non_finite(epoch: int, step: int, values: dict[str, Any], batch: Batch, lr: float
+                ) -> HcldError:
+    """The error of a non-finite loss, blaming the data when the batch itself is not finite."""
+    shown = {k: float(v) for k, v in values.items()}
+    bad = [k for k, v in batch.items() if isinstance(v, Tensor) and v.is_floating_point()
+           and not torch.isfinite(v).all()]
+    where = f"non-finite loss at epoch {epoch + 1} step {step} ({shown})"
+    if bad:
+        return HcldError(f"{where}: the batch's {bad} hold NaN or infinite values, so the data "
+                         "is at fault, not the training: check the feature cache (python -m "
+                         "hcld_lib.features verify <cache>) and the audio it came from")
+    return HcldError(f"{where}: the inputs are finite, so training diverged: lower lr (now "
+                     f"{lr:g}) or the weights of the loss terms")
 
 
 def _evaluate(module: nn.Module, evaluate: Callable[[int], Evaluation] | None, epoch: int

@@ -24,7 +24,6 @@ holds the emotion path's state; fine-tuning is
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from hcld_lib.data.labels import emotion_order
 from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.normalizer import FeatureNormalizer
 from hcld_lib.features.resident import FoldFeatures, fold_features
-from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json
+from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json, read_json
 from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
@@ -310,7 +309,8 @@ def pretrain_emotion_encoder(
     out_path = Path(out_path)
     side = history_file(out_path)
     if out_path.is_file() and side.is_file():
-        record = json.loads(side.read_text())
+        record = read_json(side, what="a pretrained encoder's history", keys=("history", "meta"),
+                           remedy=f"delete {out_path} and {side.name} and pretrain again")
         return {"path": out_path, "history": pd.DataFrame(record["history"]), "skipped": True,
                 "meta": record["meta"]}
     epochs = config.max_epochs if epochs is None else int(epochs)
@@ -347,4 +347,6 @@ def pretraining_history(path: str | os.PathLike) -> pd.DataFrame:
     side = history_file(Path(path))
     if not side.is_file():
         raise HcldError(f"{side} does not exist: pretrain with pretrain_emotion_encoder first")
-    return pd.DataFrame(json.loads(side.read_text())["history"])
+    record = read_json(side, what="a pretrained encoder's history", keys=("history",),
+                       remedy=f"delete {side} and the encoder beside it and pretrain again")
+    return pd.DataFrame(record["history"])

@@ -19,9 +19,12 @@ resumes from it to exactly the same numbers).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,9 @@ from hcld_lib.io import (
     atomic_save_npz,
     atomic_torch_save,
     atomic_write_json,
+    ensure_writable_dir,
     load_torch,
+    read_json,
 )
 from hcld_lib.method.anchors import label_text_embeddings, label_words
 from hcld_lib.method.models import DualBranchModel
@@ -57,11 +62,16 @@ from hcld_lib.training.stopping import SCORE, plateau_epoch, should_stop
 
 SPLITS: tuple[str, ...] = ("val", "test", "speaker_test")
 
+_REDO = "delete the run folder (or `make clean-runs`) and train the run again"
+
 EVAL_BATCH = 256
 """Utterances per evaluation batch (no gradients: large batches, grouped by length)."""
 
 
 # --- the fold ------------------------------------------------------------------------------------
+
+
+_VERIFIED: set[tuple] = set()  # caches whose rows this process checked against their CRCs
 
 
 def fold_split(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.ndarray]:
@@ -71,6 +81,11 @@ def fold_split(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.
                         "(hcld_lib.features.extract.extract_features, or Experiment.config() "
                         "in a notebook, makes one)")
     cache = open_cache(config.features)
+    stamp = (str(cache.path), cache.meta.get("key"),
+             (cache.path / "features.npy").stat().st_mtime_ns)
+    if stamp not in _VERIFIED:  # every row once per process: 0.05 s per 1000 fbank rows
+        cache.verify()
+        _VERIFIED.add(stamp)
     table = cache.table.reset_index(drop=True)
     folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
     if not 0 <= config.fold < len(folds):
@@ -182,10 +197,8 @@ def load_pretrained(model: DualBranchModel, path: str | Path) -> None:
     if not path.is_file():
         raise HcldError(f"init_emotion_encoder file {path} does not exist; pretrain first or fix "
                         "the path")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
-        raise HcldError(f"cannot read init_emotion_encoder file {path}: {err}") from err
+    saved = load_torch(path, what="the init_emotion_encoder file",
+                       remedy="pretrain again (training.pretrain) or fix the path")
     try:
         model.load_emotion_state(saved["emotion_path"])
     except (KeyError, TypeError) as err:
@@ -403,15 +416,55 @@ def train_run(
         HcldError: the run folder holds a run with other settings, or bad settings.
     """
     run_dir = config.run_dir
-    metrics_path = run_dir / "metrics.json"
+    finished = _finished_metrics(config)
+    if finished is not None:
+        return finished
+    ensure_writable_dir(config.out_dir, "the runs folder (RunConfig.out_dir)")
+    with _run_lock(run_dir):
+        finished = _finished_metrics(config)  # another process may have just finished it
+        return finished if finished is not None else _train(config, verbose, on_epoch_end)
+
+
+def _finished_metrics(config: RunConfig) -> dict[str, Any] | None:
+    """The metrics of the run when it has finished (a finished run is never trained again),
+    else ``None``; a finished run of other settings in its folder is refused."""
+    metrics_path = config.run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return None
+    metrics = read_json(metrics_path, what="a finished run's metrics", remedy=_REDO)
+    if metrics.get("result_key") != json.loads(json.dumps(config.result_key())):
+        raise HcldError(f"{config.run_dir} holds a finished run with other settings than this "
+                        "one; delete the folder (or `make clean-runs`) to train this run")
+    (config.run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (an advisory lock the system releases when the process ends):
+    two processes training one run folder at once would overwrite each other's files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise HcldError(f"{run_dir} is being trained by another process now (pid {holder}); "
+                            "two runs of one folder at once would overwrite each other: wait for "
+                            "it, or give this run another out_dir or run_name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def _train(config: RunConfig, verbose: bool,
+           on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+    """:func:`train_run` of a run that has not finished (its lock held)."""
+    run_dir = config.run_dir
     ckpt_path = run_dir / "checkpoint.pt"
-    if metrics_path.is_file():  # finished: never trained again
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("result_key") != json.loads(json.dumps(config.result_key())):
-            raise HcldError(f"{run_dir} holds a finished run with other settings than this one; "
-                            "delete the folder (or `make clean-runs`) to train this run")
-        ckpt_path.unlink(missing_ok=True)
-        return metrics
     set_seed(config.seed)
     device = resolve_device(config.device)
     data = prepare_fold(config)
@@ -500,7 +553,7 @@ def _export(config: RunConfig, data: FoldData, module: nn.ModuleDict, result: Fi
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    return json.loads((run_dir / "metrics.json").read_text())
+    return read_json(run_dir / "metrics.json", what="a finished run's metrics", remedy=_REDO)
 
 
 # --- a saved model -------------------------------------------------------------------------------
