@@ -4,7 +4,7 @@ The layers, in the order of the flow (a module may import its own layer and the 
 it, never a later one):
 
     io, runtime -> data -> features -> method -> analysis -> training -> experiments -> plots
-    -> batch
+    -> batch, train (the command lines)
 
 Every ``import`` / ``from ... import`` of an ``hcld_lib`` module is read from the source (also
 inside functions), so a late import cannot hide an edge.
@@ -22,6 +22,7 @@ LAYERS: tuple[str, ...] = ("io", "runtime", "data", "features", "method", "analy
                            "training", "experiments", "plots", "batch")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 RANK["runtime"] = RANK["io"]  # the base layer: errors, files, device, seed, offline
+RANK["train"] = RANK["batch"]  # the two command lines: one run, every notebook
 
 
 def _module_name(path: Path) -> str:

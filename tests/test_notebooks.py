@@ -30,8 +30,10 @@ KERNEL = "hcld"
 EXPECTED: dict[str, list[str]] = {
     "01": ["01_corpus.png", "01_spectrograms.png", "01_counts.csv", "01_counts.md"],
     "02": ["02_features.png", "02_features.csv", "02_features.md"],
-    "03": ["03_curves.png", "03_confusion.png", "03_metrics.csv", "03_metrics.md"],
-    "04": ["04_table2.png", "04_table2.csv", "04_table2.md", "04_runs.csv"],
+    "03": ["03_curves.png", "03_confusion.png", "03_metrics.csv", "03_metrics.md",
+           "03_pairs.png", "03_gradients.png"],
+    "04": ["04_table2.png", "04_table2.csv", "04_table2.md", "04_runs.csv", "04_budgets.png",
+           "04_budgets.csv"],
     "05": ["05_umap.png", "05_scorecard.png", "05_scorecard.csv", "05_scorecard.md"],
     "08": ["08_readings.png", "08_readings.csv", "08_readings.md"],
     "09": ["report.md", "09_claims.csv", "09_claims.md", "../index.md"],

@@ -3,6 +3,7 @@
 - :mod:`~hcld_lib.plots.style`: colours, title and provenance caption, saving;
 - :mod:`~hcld_lib.plots.corpus`: the corpus, spectrograms, cached features;
 - :mod:`~hcld_lib.plots.training`: one run's curves and confusion matrix;
+- :mod:`~hcld_lib.plots.method`: the method on one batch (pair masks, gradient reach);
 - :mod:`~hcld_lib.plots.grid`: ours beside the paper's Table II;
 - :mod:`~hcld_lib.plots.budgets`: every verdict (the paper's claims, the readings of the open
   points) with its interval at several training budgets;
@@ -20,6 +21,7 @@ from hcld_lib.plots.corpus import (
     plot_spectrograms_per_emotion,
 )
 from hcld_lib.plots.grid import plot_grid_comparison
+from hcld_lib.plots.method import plot_gradient_reach, plot_pair_masks
 from hcld_lib.plots.spaces import plot_scorecard, plot_umap_grid
 from hcld_lib.plots.speaker import (
     plot_contingency,
@@ -38,9 +40,11 @@ __all__ = [
     "plot_contingency",
     "plot_corpus_overview",
     "plot_feature_examples",
+    "plot_gradient_reach",
     "plot_grid_comparison",
     "plot_label_budget",
     "plot_nmi_bars",
+    "plot_pair_masks",
     "plot_pretrain_loss",
     "plot_scorecard",
     "plot_spectrograms_per_emotion",

@@ -33,7 +33,8 @@ def _loss_columns(history: pd.DataFrame) -> list[str]:
     """Loss terms: numeric columns whose name says loss (``loss``, ``loss_*``, ``*_loss``,
     ``train_*``), excluding metrics, learning rate, epoch and timing."""
     metric_cols = set(_metric_columns(history).values())
-    skip = re.compile(r"(^epoch$|^lr$|learning_rate|seconds|time|^step$|_acc|_wa$|_ua$|_f1$)")
+    skip = re.compile(r"(^epoch$|^lr$|learning_rate|seconds|time|^step$|_acc|_wa$|_ua$|_f1$|"
+                      r"^(val|test|speaker_test)_)")
     cols = []
     for col in history.columns:
         name = str(col)
