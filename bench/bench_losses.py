@@ -23,10 +23,12 @@ import torch.nn.functional as F
 
 from hcld_lib.data.labels import EMOTIONS
 from hcld_lib.method.anchors import LabelAnchors
-from hcld_lib.method.losses import objective
 from hcld_lib.method.models import ENCODER_ARCHS, DualBranchModel, build_encoder
+from hcld_lib.method.terms import objective
+from hcld_lib.training.config import RunConfig
 
 FRAMES, FEATURES, EMBED, N_SPEAKERS = 374, 768, 256, 10
+HCLD = RunConfig(variant="hcld").settings()
 
 
 def timed(fn, steps: int, warmup: int = 1) -> float:
@@ -73,7 +75,7 @@ def hcld_loss_step(x_e, x_s, emotion, speaker, anchors, heads) -> None:
     """Forward + backward of L = L_task + L_CLD + L_SCL + L_Label on given embeddings."""
     out = {"x_e": x_e, "x_s": x_s, "emotion_logits": heads[0](x_e),
            "speaker_logits": heads[1](x_s)}
-    total, _ = objective(out, emotion, speaker, anchors(emotion))
+    total, _ = objective(out, emotion, speaker, HCLD, torch.nn.ModuleDict({"lcl": anchors}))
     total.backward()
 
 

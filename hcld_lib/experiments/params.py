@@ -79,18 +79,22 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames,
-    # few epochs: every notebook of the batch runs in minutes on 2 cores.
+    # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames:
+    # every notebook of the batch runs in minutes on 2 cores.
     "quick": Profile(
         corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=600),
         run=dict(
-            protocol="paper", n_folds=5, max_epochs=5, batch_size=64, lr=3e-3, warmup_epochs=1,
+            protocol="paper", n_folds=5, batch_size=64, lr=3e-3, warmup_epochs=1,
+            # to the validation plateau: the trailing mean of 3 epochs' validation UA without a
+            # new best for 5 epochs, never before 20 (the 48 validation utterances of a fold
+            # make single epochs noisy; see the README), at most 60
+            max_epochs=60, stop_at_plateau=True, patience=5, plateau_window=3, min_epochs=20,
             embed_dim=64, hidden_dim=64, n_layers=1,
             # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
             frame_stride=8, max_frames=25,
-            # no dropout: five epochs do not overfit, and on the CPU drawing the masks costs a
-            # fifth of a Transformer step; a checkpoint every 3 epochs of a run of seconds
-            dropout=0.0, checkpoint_every=3,
+            # no dropout: on the CPU drawing the masks costs a fifth of a Transformer step; a
+            # checkpoint every 5 epochs of a run of seconds
+            dropout=0.0, checkpoint_every=5,
         ),
         folds=5,
         seeds=(0,),
@@ -99,17 +103,25 @@ PROFILES: dict[str, Profile] = {
         reading_seeds=(0, 1),
         # the encoders are so small that a second intra-op thread makes them slower
         threads=1,
+        # every verdict also at 5 and 20 epochs: the first epochs of the same runs
+        budgets=(5, 20),
+        pretrain_epochs=20,
     ),
-    # The paper's settings: IEMOCAP, HuBERT-base, 5 folds, 100 epochs, batch 32, Adam 5e-4.
+    # The paper's settings: IEMOCAP, HuBERT-base, 5 folds, 100 epochs (as printed: a fixed
+    # budget; each run says whether its validation plateau came within them), batch 32, Adam
+    # 5e-4.
     "paper": Profile(
         corpus=dict(dataset="iemocap", backbone="torchaudio:hubert_base"),
         run=dict(
             protocol="paper", n_folds=5, max_epochs=100, batch_size=32, lr=5e-4, warmup_epochs=5,
+            stop_at_plateau=False, patience=10, plateau_window=5,
             embed_dim=256, hidden_dim=256, n_layers=2, frame_stride=1, max_frames=None,
         ),
         folds=5,
         seeds=(0, 1, 2),
         reading_seeds=(0, 1, 2),
+        budgets=(20, 50),
+        pretrain_epochs=100,
     ),
 }
 
