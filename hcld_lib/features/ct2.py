@@ -145,12 +145,16 @@ def _as_float32(raw: bytes, dtype_id: int, dims: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
 
 
-def read_ct2_encoder(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+def read_ct2_encoder(
+    path: str | os.PathLike, data: bool = True
+) -> tuple[str, dict[str, np.ndarray]]:
     """``(spec name, {name without "encoder/": array})`` of a CTranslate2 ``model.bin``.
 
     Only the ``encoder/`` tensors are read (the decoder's bytes are skipped); aliases are
     resolved; quantised weights are dequantised (``w / w_scale``); every floating tensor is
-    float32, scalars keep their integer type.
+    float32, scalars keep their integer type. ``data=False`` reads the scalars only: the other
+    tensors are zero-stride views of their shape (enough for :func:`ct2_encoder_config`, no
+    memory).
 
     Raises:
         HcldError: the file is truncated or not a CTranslate2 model.
@@ -171,8 +175,11 @@ def read_ct2_encoder(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray
                 (rank,) = _read(f, "<B")
                 dims = tuple(_read(f, f"<{rank}I")) if rank else ()
                 dtype_id, nbytes = _read(f, "<BI")
-                if name.startswith("encoder/"):
+                if name.startswith("encoder/") and (data or not dims):
                     tensors[name] = _as_float32(_read_bytes(f, nbytes), dtype_id, dims)
+                elif name.startswith("encoder/"):
+                    tensors[name] = np.broadcast_to(np.float32(0), dims)
+                    f.seek(nbytes, os.SEEK_CUR)
                 else:
                     skipped[name] = (f.tell(), dtype_id, dims, nbytes)
                     f.seek(nbytes, os.SEEK_CUR)
@@ -180,7 +187,7 @@ def read_ct2_encoder(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray
             aliases = [(_read_string(f), _read_string(f)) for _ in range(n_alias)]
             # an encoder tensor equal to one that sorts first (often of the decoder) is stored
             # once, under that name
-            for alias, target in aliases:
+            for alias, target in aliases if data else ():
                 if alias.startswith("encoder/") and target in skipped:
                     offset, dtype_id, dims, nbytes = skipped[target]
                     f.seek(offset)
@@ -194,15 +201,17 @@ def read_ct2_encoder(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray
     for alias, target in aliases:
         if alias.startswith("encoder/") and target in tensors:
             tensors[alias] = tensors[target]
+        elif alias.startswith("encoder/") and target in skipped:  # data=False: its shape
+            tensors[alias] = np.broadcast_to(np.float32(0), skipped[target][2])
     out: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
         if name.endswith("_scale") or not name.startswith("encoder/"):
             continue
         scale = tensors.get(name + "_scale")
-        if scale is not None:
+        if scale is not None and data:
             value = value.astype(np.float32) / (scale.reshape(-1, *[1] * (value.ndim - 1)))
         elif value.dtype.kind == "f":
-            value = value.astype(np.float32)
+            value = value.astype(np.float32, copy=False)
         out[name[len("encoder/"):]] = value
     return spec, out
 

@@ -243,15 +243,14 @@ class TorchWhisperBackbone(WhisperBackbone):
                 raise HcldError(f"{hf.name} is a {cfg.model_type} model, not Whisper")
             fields = {k: int(getattr(cfg, k)) for k in (
                 "d_model", "num_mel_bins", "encoder_layers", "max_source_positions")}
-            self._tensors: dict[str, np.ndarray] | None = None
         else:
             if packaged is not None:
                 check_packaged(packaged, ct2_dir)
-            spec_name, self._tensors = read_ct2_encoder(ct2_dir / "model.bin")
+            spec_name, shapes = read_ct2_encoder(ct2_dir / "model.bin", data=False)
             if spec_name != "WhisperSpec":
                 raise HcldError(f"{ct2_dir / 'model.bin'} holds a {spec_name}, not a Whisper "
                                 "model: give a CTranslate2 Whisper folder.")
-            fields = ct2_encoder_config(self._tensors, ct2_dir / "model.bin")
+            fields = ct2_encoder_config(shapes, ct2_dir / "model.bin")
             self._ct2_config = fields
         self.n_mels = fields["num_mel_bins"]
         self.feature_dim = fields["d_model"]
@@ -286,9 +285,9 @@ class TorchWhisperBackbone(WhisperBackbone):
             activation_dropout=0.0, encoder_layerdrop=0.0,
         )
         encoder = WhisperEncoder(config)
-        state = ct2_encoder_state_dict(self._tensors, cfg["encoder_layers"])
+        _, tensors = read_ct2_encoder(self.ct2_dir / "model.bin")
+        state = ct2_encoder_state_dict(tensors, cfg["encoder_layers"])
         encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-        self._tensors = None  # the encoder holds them now
         return encoder
 
     def load(self, device: torch.device) -> None:
@@ -324,7 +323,7 @@ class CT2WhisperBackbone(WhisperBackbone):
         if not model_bin.is_file():
             raise HcldError(f"{folder} holds no model.bin: give the folder of a CTranslate2 "
                             "Whisper conversion (model.bin, config.json, vocabulary).")
-        spec_name, tensors = read_ct2_encoder(model_bin)
+        spec_name, tensors = read_ct2_encoder(model_bin, data=False)
         if spec_name != "WhisperSpec":
             raise HcldError(f"{model_bin} holds a {spec_name}, not a Whisper model.")
         fields = ct2_encoder_config(tensors, model_bin)
