@@ -107,6 +107,7 @@ def is_builtin(bb: Backbone) -> bool:
     return type(bb) in (FbankBackbone, TorchaudioHubertBackbone, HFBackbone,
                         TorchWhisperBackbone, CT2WhisperBackbone)
 
+
 _REGISTERED: dict[str, Callable[[], Backbone]] = {}
 
 
