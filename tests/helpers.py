@@ -104,3 +104,53 @@ class FakeHub:
         monkeypatch.setattr(hub, "hf_hub_download", self.hf_hub_download)
         monkeypatch.setattr(hub, "snapshot_download", self.snapshot_download)
         return self
+
+
+def tiny_whisper(folder: Path, seed: int = 0, perturb: bool = True) -> Path:
+    """A tiny random Hugging Face Whisper (2 encoder layers, 32-d, 80 mels) saved with
+    ``save_pretrained``, with a 9-token tokenizer and the feature extractor's config: enough for
+    ``ctranslate2.converters.TransformersConverter`` to convert it, offline. ``perturb``: random
+    layer norms and biases (else ones and zeros, which CTranslate2 stores once, aliased)."""
+    import json
+
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["!", "a", "b", "c", "<|endoftext|>", "<|startoftranscript|>", "<|en|>",
+              "<|transcribe|>", "<|notimestamps|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    special = "<|endoftext|>"
+    WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=special,
+                     bos_token=special, eos_token=special, pad_token=special
+                     ).save_pretrained(folder)
+    config = WhisperConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+        vocab_size=len(tokens), max_source_positions=1500, max_target_positions=16,
+        pad_token_id=4, bos_token_id=4, eos_token_id=4, decoder_start_token_id=5,
+        begin_suppress_tokens=[], suppress_tokens=[],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    with torch.no_grad():  # random layer norms and biases: no tensor equals another by chance
+        for name, p in model.named_parameters() if perturb else ():
+            if name.endswith(("layer_norm.weight", "layer_norm.bias", ".bias")):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def ct2_convert(hf_folder: Path, out: Path, quantization: str | None = None) -> Path:
+    """``hf_folder`` converted to a CTranslate2 folder (``model.bin``) by ctranslate2's own
+    converter, as faster-whisper's models are."""
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(hf_folder)).convert(str(out), quantization=quantization, force=True)
+    return out

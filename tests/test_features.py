@@ -19,7 +19,7 @@ from helpers import FakeHub, tiny_hubert
 
 from hcld_lib.data.audio import load_audio
 from hcld_lib.features import ssl
-from hcld_lib.features.backbone import conv_frame_count
+from hcld_lib.features.backbone import Backbone, conv_frame_count
 from hcld_lib.features.cache import open_cache
 from hcld_lib.features.extract import extract_features
 from hcld_lib.features.fbank import FbankBackbone
@@ -575,3 +575,118 @@ def test_hf_hub_name_downloads_into_the_hf_cache_when_online_and_is_refused_offl
     with pytest.raises(HcldError, match="local files only"):
         ssl.HFBackbone("someone/not-downloaded", offline=True)
     assert all(local is True for _, _, local in hub.calls)  # never asked the Hub to download
+
+
+# --------------------------------------------------------------------------- plugged-in backbones
+
+
+class ProjectedFbank(Backbone):
+    """A user's frozen encoder: log-mel frames through a fixed random projection (16-d), built
+    outside the package; ``seed`` decides its weights, so it is its identity."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.spec, self.sample_rate = "projected-fbank", 16000
+        self.num_layers, self.feature_dim = 1, 16
+        self.fbank = FbankBackbone()
+        self.min_samples = self.fbank.min_samples
+        self.seed = seed
+        self.weight = torch.randn(80, 16, generator=torch.Generator().manual_seed(seed)) / 9.0
+
+    def identity(self) -> dict:
+        return {"type": "projected-fbank", "seed": self.seed}
+
+    def frame_count(self, n_samples: int) -> int:
+        return self.fbank.frame_count(n_samples)
+
+    def load(self, device: torch.device) -> None:
+        self.fbank.load(device)
+
+    def forward(self, waves, layers):
+        feats, frames = self.fbank.forward(waves, (0,))
+        return feats @ self.weight, frames
+
+
+def test_plugged_in_backbone_goes_through_the_cache_and_trains(tmp_path):
+    from hcld_lib.data.synthetic import synthesize_corpus
+    from hcld_lib.features.registry import register_backbone, unregister_backbone
+    from hcld_lib.training.config import RunConfig
+    from hcld_lib.training.run import train_run
+
+    table = synthesize_corpus(tmp_path / "corpus", n_utterances=60, seed=0)
+    cache = extract_features(table, ProjectedFbank(0), tmp_path / "c", max_seconds=2.0,
+                             progress=False)
+    assert cache.array.shape == (60, 99, 16) and cache.path.name.startswith("projected-fbank-")
+    assert cache.meta["backbone"] == "projected-fbank"
+    assert cache.meta["key_parts"]["identity"] == {"type": "projected-fbank", "seed": 0}
+    assert cache.meta["key_parts"]["class"] == f"{__name__}.ProjectedFbank"
+    fbank = extract_features(table, "fbank", tmp_path / "c", max_seconds=2.0, progress=False)
+    n = fbank.lengths[0]
+    expected = (torch.from_numpy(fbank[fbank.ids[0]][:n]) @ ProjectedFbank(0).weight).numpy()
+    np.testing.assert_allclose(cache.array[0, :n], expected, atol=2e-2, rtol=1e-2)
+    # other weights (identity): another cache; a registered name for the same: the same cache
+    assert extract_features(table, ProjectedFbank(1), tmp_path / "c", max_seconds=2.0,
+                            progress=False).path != cache.path
+    register_backbone("my-projection", lambda: ProjectedFbank(0))
+    try:
+        same = extract_features(table, "my-projection", tmp_path / "c", max_seconds=2.0,
+                                progress=False)
+    finally:
+        unregister_backbone("my-projection")
+    assert same.path == cache.path
+    config = RunConfig(variant="hcld", features=str(cache.path), out_dir=str(tmp_path / "runs"),
+                       epochs=2, batch_size=16, embed_dim=16, hidden_dim=16, n_layers=1,
+                       text_encoder="learned", device="cpu", warmup_epochs=0)
+    metrics = train_run(config)
+    assert 0.0 <= metrics["test"]["emotion"]["ua"] <= 1.0 and metrics["n_test"] > 0
+    assert (config.run_dir / "metrics.json").is_file()
+
+
+def test_entry_point_backbone_is_found_by_name(tmp_path, monkeypatch):
+    """A package that declares ``[project.entry-points."hcld.backbones"]`` (here a distribution
+    written on sys.path, as pip would install it)."""
+    from hcld_lib.features.registry import plugged_names
+
+    site = tmp_path / "site"
+    (site / "user_encoders-0.1.dist-info").mkdir(parents=True)
+    (site / "user_encoders-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: user-encoders\nVersion: 0.1\n")
+    (site / "user_encoders-0.1.dist-info" / "entry_points.txt").write_text(
+        "[hcld.backbones]\nuser-projection = user_encoders:make\nbroken = user_encoders:nope\n")
+    (site / "user_encoders.py").write_text(
+        "from test_features import ProjectedFbank\n\ndef make():\n    return ProjectedFbank(3)\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert {"user-projection", "broken"} <= set(plugged_names())
+    table = _table(tmp_path / "wav", [0.6, 1.1])
+    cache = extract_features(table, "user-projection", tmp_path / "c", progress=False)
+    assert cache.meta["key_parts"]["identity"]["seed"] == 3 and cache.feature_dim == 16
+    with pytest.raises(HcldError, match=r"cannot load the entry point broken = user_encoders:nope"):
+        extract_features(table, "broken", tmp_path / "c", progress=False)
+
+
+def test_plugged_in_backbone_errors_are_clear(tmp_path):
+    from hcld_lib.features.registry import register_backbone, unregister_backbone
+
+    table = _table(tmp_path / "wav", [0.5])
+    with pytest.raises(HcldError, match="is a dict, not a hcld_lib.features.backbone.Backbone"):
+        extract_features(table, {"spec": "fbank"}, tmp_path / "c")
+    register_backbone("mine", ProjectedFbank)
+    try:
+        with pytest.raises(HcldError) as err:
+            extract_features(table, "nobody-registered-this", tmp_path / "c")
+        message = str(err.value)
+        for known in ("'fbank'", "'whisper-tiny.en'", "'hf:<model name or folder>'", "'mine'"):
+            assert known in message
+        with pytest.raises(HcldError, match="registered already"):
+            register_backbone("mine", ProjectedFbank)
+    finally:
+        unregister_backbone("mine")
+    with pytest.raises(HcldError, match="built-in backbone name"):
+        register_backbone("whisper-tiny.en", ProjectedFbank)
+    bad = ProjectedFbank()
+    bad.feature_dim = 0
+    with pytest.raises(HcldError, match="attribute feature_dim must be a positive int"):
+        extract_features(table, bad, tmp_path / "c")
+    bad = ProjectedFbank()
+    bad.identity = lambda: {"weights": np.zeros(3)}
+    with pytest.raises(HcldError, match="identity\\(\\) must return a JSON dict"):
+        extract_features(table, bad, tmp_path / "c")

@@ -107,6 +107,13 @@ class Backbone:
         num_layers: how many hidden states can be selected (1 for fbank).
         feature_dim: D.
         min_samples: shortest input that yields one frame; shorter clips are zero-padded to it.
+        exposed_layers: the hidden states ``forward`` can return, when not all of
+            ``0..num_layers-1`` (``layers_note`` says why and what to use instead).
+
+    A backbone of your own (any frozen encoder) subclasses this, sets the attributes and
+    implements the four methods; :func:`hcld_lib.features.extract.extract_features` takes an
+    instance, or a name given to :func:`hcld_lib.features.registry.register_backbone` or
+    declared as an entry point of the group ``hcld.backbones``.
     """
 
     spec: str
@@ -114,6 +121,8 @@ class Backbone:
     num_layers: int
     feature_dim: int
     min_samples: int
+    exposed_layers: tuple[int, ...] | None = None
+    layers_note: str = ""
 
     def identity(self) -> dict[str, Any]:
         """What, besides the spec, decides the numbers it produces (checkpoint hash, config)."""
@@ -139,12 +148,22 @@ class Backbone:
         raise NotImplementedError
 
     @property
+    def cache_name(self) -> str:
+        """The backbone's name in the cache key (with :meth:`identity`): the spec, unless the
+        spec holds a path that does not decide the numbers (the identity's hashes do)."""
+        return self.spec
+
+    @property
     def slug(self) -> str:
-        """Folder-name form of the spec (``torchaudio-hubert_base``, ``hf-<folder name>``)."""
+        """Folder-name form of the spec (``torchaudio-hubert_base``, ``hf-<folder name>``,
+        ``ct2-<folder name>``)."""
         name = self.spec
-        if name.startswith("hf:"):
-            target = name[3:]
-            local = Path(target).expanduser()
-            name = "hf-" + (local.name if local.is_dir() else target)
+        prefix, sep, target = name.partition(":")
+        if sep and prefix in ("hf", "ct2", "whisper"):
+            local = Path(target.removesuffix("@30s")).expanduser()
+            if local.is_dir():
+                name = f"{prefix}-{local.name}" + ("-30s" if target.endswith("@30s") else "")
+            else:
+                name = f"{prefix}-{target}"
         slug = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")
         return slug[:48] or "features"

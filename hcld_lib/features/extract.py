@@ -1,8 +1,11 @@
 """Feature extraction: every utterance of a table through a frozen backbone, once, into a cache.
 
-Backbones (the ``backbone`` string of :func:`extract_features`): ``"fbank"``
+Backbones (the ``backbone`` of :func:`extract_features`): ``"fbank"``
 (:mod:`~hcld_lib.features.fbank`, the embedded default), ``"torchaudio:hubert_base"`` and
-``"hf:<model name or folder>"`` (:mod:`~hcld_lib.features.ssl`). The cache format is that of
+``"hf:<model name or folder>"`` (:mod:`~hcld_lib.features.ssl`), the Whisper encoders
+(``"whisper-tiny.en"``, ``"hf:openai/whisper-*"``, ``"whisper:<folder>"``, ``"ct2:<folder>"``;
+:mod:`~hcld_lib.features.whisper`), and backbones of your own (a :class:`Backbone` instance or a
+name plugged in, :mod:`~hcld_lib.features.registry`). The cache format is that of
 :mod:`~hcld_lib.features.cache`; an interrupted extraction resumes where it stopped.
 """
 
@@ -37,8 +40,8 @@ from hcld_lib.features.cache import (
     prepare_table,
     table_csv,
 )
-from hcld_lib.features.fbank import FbankBackbone
-from hcld_lib.features.ssl import HFBackbone, TorchaudioHubertBackbone
+from hcld_lib.features.registry import get_backbone, is_builtin
+from hcld_lib.features.ssl import TorchaudioHubertBackbone
 from hcld_lib.io import (
     HcldError,
     atomic_save_npz,
@@ -52,49 +55,30 @@ from hcld_lib.runtime import resolve_device
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 
-def get_backbone(
-    backbone: str, checkpoint: str | os.PathLike | None = None, sample_rate: int = 16000
-) -> Backbone:
-    """Build the backbone named by ``backbone`` (weights are loaded by ``.load(device)``).
-
-    Raises:
-        HcldError: unknown name, a checkpoint for a backbone that takes none, a sample rate
-            the model was not trained on, a Hugging Face model that cannot be found.
-    """
-    if not isinstance(backbone, str):
-        raise HcldError(f"backbone must be a string, got {backbone!r}")
-    if backbone.startswith("hf:"):
-        if checkpoint is not None:
-            raise HcldError(
-                "for hf: backbones give the model folder in the name: 'hf:/path/to/folder'"
-            )
-        return HFBackbone(backbone[3:], sample_rate=sample_rate)
-    if backbone == "torchaudio:hubert_base":
-        return TorchaudioHubertBackbone(checkpoint, sample_rate=sample_rate)
-    if backbone == "fbank":
-        if checkpoint is not None:
-            raise HcldError("the fbank backbone has no weights: leave checkpoint=None")
-        return FbankBackbone(sample_rate=sample_rate)
-    raise HcldError(
-        f"unknown backbone {backbone!r}: use 'fbank', 'torchaudio:hubert_base' or "
-        "'hf:<model name or folder>'"
-    )
-
-
-def _resolve_layers(layer: str | int, num_layers: int, spec: str) -> tuple[int, ...]:
+def _resolve_layers(
+    layer: str | int, num_layers: int, spec: str,
+    exposed: tuple[int, ...] | None = None, note: str = "",
+) -> tuple[int, ...]:
     if layer == "last":
-        return (num_layers - 1,)
-    if layer == "all":
-        return tuple(range(num_layers))
-    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        layers: tuple[int, ...] = (num_layers - 1,)
+    elif layer == "all":
+        layers = tuple(range(num_layers))
+    elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
         idx = int(layer) + num_layers if layer < 0 else int(layer)
-        if 0 <= idx < num_layers:
-            return (idx,)
+        if not 0 <= idx < num_layers:
+            raise HcldError(
+                f"layer {layer} is out of range for {spec}, which has hidden states "
+                f"0..{num_layers - 1}"
+            )
+        layers = (idx,)
+    else:
+        raise HcldError(f"layer must be 'last', 'all' or an int, got {layer!r}")
+    if exposed is not None and not set(layers) <= set(exposed):
         raise HcldError(
-            f"layer {layer} is out of range for {spec}, which has hidden states 0..{num_layers - 1}"
+            f"layer={layer!r}: {spec} gives only hidden state(s) {list(exposed)} of "
+            f"0..{num_layers - 1}" + (f" ({note})" if note else "")
         )
-    raise HcldError(f"layer must be 'last', 'all' or an int, got {layer!r}")
-
+    return layers
 
 
 def _default_cache_dir() -> Path:
@@ -150,7 +134,7 @@ def _cache_key(
     """The cache key (sha256 of the sorted-JSON ``key_parts``) and the ``key_parts`` dict."""
     key_parts = {
         "feature_code_version": FEATURE_CODE_VERSION,
-        "backbone": bb.spec if not bb.spec.startswith("hf:") else "hf",
+        "backbone": bb.cache_name,
         "identity": bb.identity(),
         "layers": list(layers),
         "all_layers": layer == "all",
@@ -159,6 +143,8 @@ def _cache_key(
         "table_sha256": sha256_bytes(table_text.encode()),
         "files_sha256": files_fingerprint(paths),
     }
+    if not is_builtin(bb):  # a plugged-in class: its name is part of what made the numbers
+        key_parts["class"] = f"{type(bb).__module__}.{type(bb).__qualname__}"
     return sha256_bytes(json.dumps(key_parts, sort_keys=True).encode()), key_parts
 
 
@@ -240,7 +226,7 @@ def _open_state(
 
 def extract_features(
     table: pd.DataFrame,
-    backbone: str = "fbank",
+    backbone: str | Backbone = "fbank",
     cache_dir: str | os.PathLike | None = None,
     *,
     max_seconds: float | None = 7.5,
@@ -255,7 +241,12 @@ def extract_features(
 
     Args:
         table: utterance table (``utterance_id``, ``path``, ``speaker``, ``emotion``, ...).
-        backbone: ``"fbank"`` | ``"torchaudio:hubert_base"`` | ``"hf:<model name or folder>"``.
+        backbone: ``"fbank"`` | ``"torchaudio:hubert_base"`` | ``"hf:<model name or folder>"``
+            (HuBERT-like or Whisper) | ``"whisper-tiny.en"`` (offline, from a PyPI package) |
+            ``"whisper:<CTranslate2 folder>"`` | ``"ct2:<CTranslate2 folder>"`` (Whisper ones
+            may end in ``"@30s"``), a name plugged in through
+            :mod:`~hcld_lib.features.registry`, or a :class:`Backbone` instance of your own
+            (its ``sample_rate`` wins over ``sample_rate``).
         cache_dir: parent folder; the cache is ``cache_dir/<backbone-slug>-<key[:12]>/``.
             None: ``$XDG_CACHE_HOME/hcld/features`` (``~/.cache/hcld/features``).
         max_seconds: each clip is trimmed or zero-padded to this length (7.5 s: T = 374);
@@ -286,7 +277,7 @@ def extract_features(
         raise HcldError(f"batch_size must be a positive int, got {batch_size!r}")
     table = prepare_table(table)
     bb = get_backbone(backbone, checkpoint=checkpoint, sample_rate=sample_rate)
-    layers = _resolve_layers(layer, bb.num_layers, bb.spec)
+    layers = _resolve_layers(layer, bb.num_layers, bb.spec, bb.exposed_layers, bb.layers_note)
     max_seconds = None if max_seconds is None else float(max_seconds)
     if max_seconds is not None and not max_seconds > 0:
         raise HcldError(f"max_seconds must be positive or None, got {max_seconds!r}")

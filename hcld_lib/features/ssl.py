@@ -22,9 +22,7 @@ remains, kept small by batching utterances of similar length).
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,10 +37,10 @@ from hcld_lib.features.backbone import (
     conv_frame_count,
     min_samples,
     pad_stack,
-    sha256_bytes,
     sha256_file,
 )
-from hcld_lib.io import HcldError, read_json
+from hcld_lib.features.hfsource import HFSource
+from hcld_lib.io import HcldError
 
 
 def hubert_checkpoint_path() -> Path:
@@ -211,63 +209,37 @@ class TorchaudioHubertBackbone(Backbone):
 
 
 
-#: Weight files of a Hugging Face checkpoint, in the order ``from_pretrained`` prefers them.
-HF_WEIGHT_FILES: tuple[str, ...] = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
 class HFBackbone(Backbone):
     """A Hugging Face speech encoder loaded with ``AutoModel`` from a name or a local folder.
 
-    ``local_files_only`` is used for folders and whenever ``HF_HUB_OFFLINE`` (or
-    ``TRANSFORMERS_OFFLINE``) is set, so nothing is fetched silently. If the model's preprocessor
-    config asks for it (``do_normalize``), each waveform is normalised to zero mean and unit
-    variance over its valid samples. Hidden states ``0..num_hidden_layers`` (0 = transformer
-    input); the last one is ``last_hidden_state``, the model's output.
+    The model is found by :class:`~hcld_lib.features.hfsource.HFSource` (``local_files_only``
+    for folders and whenever ``HF_HUB_OFFLINE`` / ``HCLD_OFFLINE`` is set, so nothing is fetched
+    silently). If the model's preprocessor config asks for it (``do_normalize``), each waveform is
+    normalised to zero mean and unit variance over its valid samples. Hidden states
+    ``0..num_hidden_layers`` (0 = transformer input); the last one is ``last_hidden_state``, the
+    model's output.
     """
 
-    def __init__(self, name: str, sample_rate: int = 16000, offline: bool | None = None) -> None:
-        from transformers import AutoConfig
-
-        if not name:
-            raise HcldError(
-                "backbone 'hf:' needs a model name or folder, e.g. 'hf:facebook/hubert-base-ls960'"
-            )
+    def __init__(self, name: str, sample_rate: int = 16000, offline: bool | None = None,
+                 src: HFSource | None = None) -> None:
+        self.src = src or HFSource(name, offline, example="facebook/hubert-base-ls960")
         self.spec = f"hf:{name}"
-        local = Path(name).expanduser()
-        looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-        if local.is_dir():
-            self.source = str(local.resolve())
-            self.local_only = True
-        elif looks_local:
-            raise HcldError(
-                f"Hugging Face model folder {local} does not exist: check the backbone path."
-            )
-        else:
-            self.source = name
-            self.local_only = runtime.offline(offline)
-        self.name = name
-        try:
-            self.config = AutoConfig.from_pretrained(self.source, local_files_only=self.local_only)
-        except (OSError, ValueError, KeyError) as err:
-            raise self._load_error(err) from err
-        cfg = self.config
+        self.name, self.source, self.local_only = name, self.src.source, self.src.local_only
+        self.config = cfg = self.src.config
         if not hasattr(cfg, "conv_kernel") or not hasattr(cfg, "num_hidden_layers"):
             raise HcldError(
                 f"{name} is a {type(cfg).__name__}, not a speech encoder with a "
-                "convolutional front end (HuBERT, WavLM, wav2vec 2.0, data2vec-audio): "
-                "choose one of those."
+                "convolutional front end (HuBERT, WavLM, wav2vec 2.0, data2vec-audio) nor a "
+                "Whisper model: choose one of those."
             )
         self.conv_layers = tuple(zip(cfg.conv_kernel, cfg.conv_stride))
         self.num_layers = int(cfg.num_hidden_layers) + 1
         self.feature_dim = int(cfg.hidden_size)
         self.min_samples = min_samples(self.conv_layers)
         self.use_attention_mask = getattr(cfg, "feat_extract_norm", "group") == "layer"
-        self.do_normalize, model_rate = self._preprocessor()
+        pre = self.src.preprocessor()
+        self.do_normalize = bool(pre.get("do_normalize", False))
+        model_rate = int(pre.get("sampling_rate", 16000))
         if int(sample_rate) != model_rate:
             raise HcldError(
                 f"{name} expects {model_rate} Hz audio, got sample_rate={sample_rate}: use "
@@ -276,120 +248,17 @@ class HFBackbone(Backbone):
         self.sample_rate = model_rate
         self.model: torch.nn.Module | None = None
         self.device = torch.device("cpu")
-        self._weights_sha256: str | None = None
 
-    def _load_error(self, err: BaseException) -> HcldError:
-        from huggingface_hub import constants
-
-        mode = (
-            " (local files only: HF_HUB_OFFLINE is set or a folder was given)"
-            if self.local_only
-            else ""
-        )
-        reason = " ".join(str(err).split())[:400].rstrip(".")
-        return HcldError(
-            f"cannot load Hugging Face model '{self.name}'{mode}: {reason}. Either give a "
-            "local folder holding config.json and the weights (backbone='hf:/path/to/folder', e.g. "
-            "written by `model.save_pretrained(folder)`), or, on a machine with internet, run "
-            f"`hf download {self.name}` (or `AutoModel.from_pretrained('{self.name}')`) and copy "
-            f"the cache folder to {constants.HF_HUB_CACHE} here."
-        )
-
-    def _preprocessor(self) -> tuple[bool, int]:
-        """``(do_normalize, sampling_rate)`` from preprocessor_config.json (else False, 16 kHz)."""
-        from transformers.utils import cached_file
-
-        try:
-            path = cached_file(
-                self.source,
-                "preprocessor_config.json",
-                local_files_only=self.local_only,
-                _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False,
-            )
-        except (OSError, ValueError):
-            path = None
-        if not path:
-            return False, 16000
-        pre = read_json(path, what="Hugging Face preprocessor config",
-                        remedy=f"delete it (or the model's folder) and fetch {self.name} again")
-        if not isinstance(pre, dict):
-            return False, 16000
-        return bool(pre.get("do_normalize", False)), int(pre.get("sampling_rate", 16000))
-
-    def _ensure_model(self) -> torch.nn.Module:
-        if self.model is None:
-            from transformers import AutoModel
-
-            try:
-                model, info = AutoModel.from_pretrained(
-                    self.source,
-                    local_files_only=self.local_only,
-                    dtype=torch.float32,
-                    output_loading_info=True,
-                )
-            except (OSError, ValueError, KeyError) as err:
-                raise self._load_error(err) from err
-            missing = sorted(
-                k for k in info.get("missing_keys", ()) if "masked_spec_embed" not in k
-            )
-            if missing:
-                warnings.warn(
-                    f"{self.name}: {len(missing)} weights were not in the checkpoint and are "
-                    "random "
-                    f"(e.g. {missing[:3]}); the features will not be those of a trained model.",
-                    stacklevel=3,
-                )
-            self.model = model.eval()
-        return self.model
-
-    def _weight_files(self) -> list[Path]:
-        """The checkpoint's weight files (one file, or an index and its shards), from the folder
-        or the Hugging Face cache (downloaded there first when online and absent)."""
-        from transformers.utils import cached_file
-
-        def find(name: str) -> str | None:
-            try:
-                return cached_file(
-                    self.source, name, local_files_only=self.local_only,
-                    _raise_exceptions_for_missing_entries=False,
-                    _raise_exceptions_for_connection_errors=False,
-                )
-            except (OSError, ValueError) as err:
-                raise self._load_error(err) from err
-
-        for name in HF_WEIGHT_FILES:
-            path = find(name)
-            if not path:
-                continue
-            files = [Path(path)]
-            if name.endswith(".index.json"):
-                shards = sorted(set(json.loads(Path(path).read_text())["weight_map"].values()))
-                for shard in shards:
-                    found = find(shard)
-                    if not found:
-                        raise self._load_error(FileNotFoundError(f"shard {shard} is missing"))
-                    files.append(Path(found))
-            return files
-        raise self._load_error(
-            FileNotFoundError(f"none of {', '.join(HF_WEIGHT_FILES)} is there")
-        )
+    @property
+    def cache_name(self) -> str:
+        return "hf"  # a hub name and a folder of the same files share a key (identity: hashes)
 
     def identity(self) -> dict[str, Any]:
         """Config and weight-file hashes: what decides the features, read without loading the
         model (the file hashes are remembered across processes, see ``sha256_file``)."""
-        if self._weights_sha256 is None:
-            lines = [f"{p.name}:{sha256_file(p)}" for p in self._weight_files()]
-            self._weights_sha256 = sha256_bytes("\n".join(lines).encode())
-        cfg = {
-            k: v
-            for k, v in self.config.to_dict().items()
-            if not k.startswith("_") and k not in {"transformers_version", "dtype", "torch_dtype"}
-        }
         return {
             "type": "hf",
-            "config_sha256": sha256_bytes(json.dumps(cfg, sort_keys=True, default=str).encode()),
-            "weights_sha256": self._weights_sha256,
+            **self.src.identity(),
             "do_normalize": self.do_normalize,
             "attention_mask": self.use_attention_mask,
         }
@@ -398,7 +267,11 @@ class HFBackbone(Backbone):
         return conv_frame_count(max(int(n_samples), self.min_samples), self.conv_layers)
 
     def load(self, device: torch.device) -> None:
-        self.model = self._ensure_model().to(device)
+        if self.model is None:
+            from transformers import AutoModel
+
+            self.model = self.src.from_pretrained(AutoModel, ignore=("masked_spec_embed",))
+        self.model = self.model.to(device)
         self.device = device
 
     def forward(
