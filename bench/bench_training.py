@@ -45,7 +45,9 @@ from hcld_lib.method.sampler import ContrastiveBatchSampler  # noqa: E402
 from hcld_lib.method.terms import objective  # noqa: E402
 from hcld_lib.runtime import resolve_device, set_seed  # noqa: E402
 from hcld_lib.training.config import RunConfig  # noqa: E402
-from hcld_lib.training.run import build_model, predict, prepare_fold, train_run  # noqa: E402
+from hcld_lib.training.evaluate import predict  # noqa: E402
+from hcld_lib.training.fold import prepare_fold  # noqa: E402
+from hcld_lib.training.run import build_model, train_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "runs" / "bench"

@@ -140,3 +140,28 @@ def test_the_index_lists_every_experiment_with_its_headline(tmp_path):
     assert row[f"`{done.name}`"].rstrip().endswith("| shared encoder |")
     assert f"[report]({done.name}/report.md)" in row[f"`{done.name}`"]
     assert row[f"`{empty.name}`"] == f"| `{empty.name}` | – | – | – |"
+
+
+def test_the_baselines_beyond_the_paper_are_judged_against_a_stated_direction():
+    runs = _rows({"hcld": 5.0, "adversarial": 2.0, "mi": -3.0}, archs=("cnn",))
+    claims = comparisons.claims_table(runs, metrics=("emo_ua",)).set_index("comparison")
+    assert claims.loc["adversarial vs EMO-only", "verdict"] == "held"  # decoupling helps: +2
+    assert claims.loc["MI (CLUB) vs EMO-only", "verdict"] == "contradicted"
+    assert claims.loc["HCLD vs adversarial", "verdict"] == "held"
+    assert np.isnan(claims.loc["HCLD vs MI (CLUB)", "paper"])
+    assert "comparisons with the decoupling baselines beyond the paper" in (
+        comparisons.claims_summary(claims.reset_index()))
+
+
+def test_the_headline_comparisons_on_two_backbones_say_when_the_answer_changes():
+    fbank = _rows({"hcld": 5.0, "orth": 1.0}, archs=("cnn", "lstm")).assign(converged=True)
+    whisper = _rows({"hcld": -4.0, "orth": 1.0}, archs=("cnn",)).assign(converged=True)
+    table = comparisons.claims_by_backbone({"fbank": fbank, "whisper": whisper})
+    assert set(table["arch"]) == {"cnn"}  # only what both backbones ran
+    vs_emo = table[table["comparison"] == "HCLD vs EMO-only"].set_index("backbone")
+    assert vs_emo.loc["fbank", "verdict"] == "held"
+    assert vs_emo.loc["whisper", "verdict"] == "contradicted"
+    assert (table["converged_share"] == 1.0).all()
+    lines = comparisons.backbone_sentences(table)
+    assert lines[0].startswith("HCLD vs EMO-only, emotion UA (cnn): held on fbank (+5.1 points")
+    assert lines[0].endswith("the verdict changes with the backbone.")

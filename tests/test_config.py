@@ -185,3 +185,16 @@ def test_setup_refuses_more_folds_than_the_split_and_keeps_its_folders_in_the_re
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(HcldError, match="work_dir .* is a file, not a folder"):
         setup(work_dir="taken")
+
+
+def test_a_backbone_layer_names_its_experiment_and_the_profile_names_a_pretrained_one(tmp_path):
+    folders = dict(work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
+    main = setup(**folders)
+    assert main.layer == "last" and main.backbone_name == "fbank"
+    other = main.pretrained(archs=["cnn"])
+    assert (other.backbone, other.layer, other.archs) == ("whisper-tiny.en", 1, ["cnn"])
+    assert other.name == "synthetic-n600-seed0__whisper-tiny.en-L1__paper__quick"
+    assert "backbone=whisper-tiny.en/layer 1" in other.caption and not other.is_default
+    assert other.pretrained() is None  # already on it
+    assert setup(profile="paper", dataset="iemocap", iemocap_root=str(tmp_path),
+                 **folders).pretrained() is None

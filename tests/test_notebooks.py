@@ -33,7 +33,7 @@ EXPECTED: dict[str, list[str]] = {
     "03": ["03_curves.png", "03_confusion.png", "03_metrics.csv", "03_metrics.md",
            "03_pairs.png", "03_gradients.png"],
     "04": ["04_table2.png", "04_table2.csv", "04_table2.md", "04_runs.csv", "04_budgets.png",
-           "04_budgets.csv"],
+           "04_budgets.csv", "04_backbones.png", "04_backbones.csv"],
     "05": ["05_umap.png", "05_scorecard.png", "05_scorecard.csv", "05_scorecard.md"],
     "08": ["08_readings.png", "08_readings.csv", "08_readings.md"],
     "09": ["report.md", "09_claims.csv", "09_claims.md", "../index.md"],

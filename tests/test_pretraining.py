@@ -13,8 +13,8 @@ from helpers import all_layer_cache
 from hcld_lib.io import HcldError
 from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs, supcon_loss
 from hcld_lib.training.config import RunConfig
+from hcld_lib.training.fold import fold_split
 from hcld_lib.training.pretrain import fold_pseudo_labels, pretrain_emotion_encoder
-from hcld_lib.training.run import fold_split
 
 TINY = dict(
     embed_dim=16,

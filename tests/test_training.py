@@ -15,11 +15,8 @@ from hcld_lib.io import HcldError
 from hcld_lib.method.terms import TERMS
 from hcld_lib.method.variants import VARIANTS
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.run import (
-    embed,
-    label_budget_subset,
-    train_run,
-)
+from hcld_lib.training.fold import label_budget_subset
+from hcld_lib.training.run import embed, train_run
 
 TINY = dict(
     embed_dim=16,
@@ -187,14 +184,16 @@ def test_killed_run_resumes_to_exactly_the_same_metrics(cache_path, tmp_path):
 
 
 def test_finished_run_is_skipped(emo_only_run, monkeypatch):
+    import hcld_lib.training.fold as fold
     import hcld_lib.training.run as run
 
     config, metrics = emo_only_run
 
     def no_training(*args, **kwargs):
-        raise AssertionError("a finished run must not open the cache again")
+        raise AssertionError("a finished run must not open the cache or train again")
 
-    monkeypatch.setattr(run, "open_cache", no_training)
+    monkeypatch.setattr(fold, "open_cache", no_training)
+    monkeypatch.setattr(run, "_train", no_training)
     assert train_run(config) == metrics
     # the same folder asked for with other settings is refused, not silently reused
     other = config.replace(max_epochs=config.max_epochs + 1)
@@ -444,16 +443,41 @@ def test_an_unwritable_runs_folder_and_a_missing_cache_are_said_before_any_work(
         train_run(RunConfig(variant="emo_only", out_dir=str(tmp_path / "runs"), max_epochs=1))
 
 
-def test_two_processes_cannot_train_one_run_folder_at_once(cache_path, tmp_path):
+def test_one_run_folder_is_trained_by_one_process_at_a_time(cache_path, tmp_path):
     import fcntl
+    import threading
+    import time
+
+    from hcld_lib.io import short_hash
 
     config = _config(cache_path, tmp_path, "emo_only", max_epochs=1)
     config.run_dir.mkdir(parents=True)
-    with open(config.run_dir / ".lock", "a+") as held:  # another process training it
+    # another process trains other settings in the folder: refused
+    with open(config.run_dir / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(HcldError, match="being trained by another process"):
+        held.write("4242 0123456789abcdef")
+        held.flush()
+        with pytest.raises(HcldError, match=r"another process now \(pid 4242\) with other"):
             train_run(config)
-    assert train_run(config)["epochs_trained"] == 1  # free again: it trains
+    # another process trains this very run: waited for, then its result is read, not retrained
+    done = {}
+    with open(config.run_dir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.seek(0)
+        held.truncate()
+        held.write(f"4242 {short_hash(config.result_key(), 16)}")
+        held.flush()
+        waiter = threading.Thread(target=lambda: done.update(m=train_run(config)))
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive() and not done  # it waits on the lock
+        twin = _config(cache_path, tmp_path / "twin", "emo_only", max_epochs=1)
+        result = train_run(twin)  # "the other process" trains the same settings elsewhere
+        (config.run_dir / "metrics.json").write_text(
+            (twin.run_dir / "metrics.json").read_text())
+    waiter.join(timeout=60)
+    assert done["m"]["result_key"] == result["result_key"]
+    assert not (config.run_dir / "history.csv").exists()  # the waiter trained nothing
 
 
 def test_a_non_finite_loss_says_whether_the_data_or_the_training_is_at_fault():

@@ -176,3 +176,40 @@ def claim_stability_sentences(stable: pd.DataFrame) -> list[str]:
     return bd.stability_sentences(
         stable, lambda r: f"{r['comparison']}, {METRIC_NAMES.get(r['metric'], r['metric'])} "
                           f"({r['arch']})")
+
+
+#: The comparisons repeated on a second backbone: HCLD against the paper's two baselines.
+HEADLINE: tuple[tuple[str, str], ...] = (("hcld", "emo_only"), ("hcld", "orth"))
+
+
+def claims_by_backbone(runs: Mapping[str, pd.DataFrame],
+                       claims: Sequence[tuple[str, str]] = HEADLINE) -> pd.DataFrame:
+    """:func:`claims_table` (emotion UA) of each backbone's runs (``{backbone: runs}``), on the
+    architectures and variants they share, stacked with columns ``backbone`` and
+    ``converged_share``."""
+    archs = set.intersection(*(set(r["arch"]) for r in runs.values()))
+    variants = set.intersection(*(set(r["variant"]) for r in runs.values()))
+    parts = []
+    for backbone, r in runs.items():
+        r = r[r["arch"].isin(archs) & r["variant"].isin(variants)]
+        table = claims_table(r, ("emo_ua",), claims)
+        shares = [bd.converged_share(r, [row["a"], row["b"]], {"arch": row["arch"]})
+                  for row in table.to_dict("records")]
+        parts.append(table.assign(backbone=backbone, converged_share=shares))
+    return pd.concat(parts, ignore_index=True)
+
+
+def backbone_sentences(table: pd.DataFrame) -> list[str]:
+    """Per comparison x architecture of a :func:`claims_by_backbone` table: its verdict on each
+    backbone, and whether the answer changes with the backbone."""
+    lines = []
+    for (comparison, arch), sub in table.groupby(["comparison", "arch"], sort=False):
+        parts = [f"{r['verdict']} on {r['backbone']} ({r['mean']:+.1f} points, 95 % CI "
+                 f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}], {int(r['n_pairs'])} pairs, "
+                 f"{100 * r['converged_share']:.0f} % of runs converged)"
+                 for r in sub.to_dict("records")]
+        same = sub["verdict"].nunique() == 1
+        lines.append(f"{comparison}, emotion UA ({arch}): " + "; ".join(parts) + (
+            ": the same verdict on every backbone." if same else
+            ": the verdict changes with the backbone."))
+    return lines

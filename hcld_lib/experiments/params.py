@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hcld_lib.data import DATASETS, load_corpus
@@ -57,7 +58,8 @@ class Profile:
     """Defaults for a whole batch of experiments."""
 
     corpus: dict[str, Any]
-    """``dataset``, ``backbone`` and, for the synthetic corpus, ``n_utterances``."""
+    """``dataset``, ``backbone``, ``layer`` (the backbone's hidden state: ``"last"``, an index
+    or ``"all"``) and, for the synthetic corpus, ``n_utterances``."""
     run: dict[str, Any]
     """:class:`RunConfig` fields shared by every run."""
     folds: int
@@ -76,22 +78,27 @@ class Profile:
     it is an exact prefix of every run."""
     pretrain_epochs: int = 20
     """Epochs of cluster pretraining (chapter 07), which has no validation part to stop on."""
+    pretrained: tuple[str, Any] | None = None
+    """A second backbone (name, layer) on which chapter 04 repeats the headline comparisons
+    beside the main one (``None``: none)."""
 
 
 PROFILES: dict[str, Profile] = {
     # The embedded default: synthetic corpus + log-mel features, narrow encoders, few frames:
     # every notebook of the batch runs in minutes on 2 cores.
     "quick": Profile(
-        corpus=dict(dataset="synthetic", backbone="fbank", n_utterances=600),
+        corpus=dict(dataset="synthetic", backbone="fbank", layer="last", n_utterances=600),
         run=dict(
             protocol="paper", n_folds=5, batch_size=64, lr=3e-3, warmup_epochs=1,
             # to the validation plateau: the trailing mean of 3 epochs' validation UA without a
-            # new best for 5 epochs, never before 20 (the 48 validation utterances of a fold
-            # make single epochs noisy; see the README), at most 60
-            max_epochs=60, stop_at_plateau=True, patience=5, plateau_window=3, min_epochs=20,
+            # new best for 4 epochs, never before 10, at most 60 (calibrated against 100-epoch
+            # runs: bench/calibrate_plateau.py and the README)
+            max_epochs=60, stop_at_plateau=True, patience=4, plateau_window=3, min_epochs=10,
             embed_dim=64, hidden_dim=64, n_layers=1,
-            # 8 x 20 ms = 160 ms windows; 25 of them = 4 s, the synthetic corpus's longest
-            frame_stride=8, max_frames=25,
+            # 16 x 20 ms = 320 ms windows; 13 of them = 4.2 s, the synthetic corpus's longest
+            # (trained to the plateau, 160 ms windows cost the LSTM and the Transformer twice
+            # as much for emotion UA within a point or two: the README)
+            frame_stride=16, max_frames=13,
             # no dropout: on the CPU drawing the masks costs a fifth of a Transformer step; a
             # checkpoint every 5 epochs of a run of seconds
             dropout=0.0, checkpoint_every=5,
@@ -103,15 +110,18 @@ PROFILES: dict[str, Profile] = {
         reading_seeds=(0, 1),
         # the encoders are so small that a second intra-op thread makes them slower
         threads=1,
-        # every verdict also at 5 and 20 epochs: the first epochs of the same runs
-        budgets=(5, 20),
+        # every verdict also at 5 and 10 epochs: the first epochs of the same runs
+        budgets=(5, 10),
         pretrain_epochs=20,
+        # a real pretrained encoder that installs from PyPI: Whisper tiny.en, its first layer
+        # (the best of its layers for emotion here: the README)
+        pretrained=("whisper-tiny.en", 1),
     ),
     # The paper's settings: IEMOCAP, HuBERT-base, 5 folds, 100 epochs (as printed: a fixed
     # budget; each run says whether its validation plateau came within them), batch 32, Adam
     # 5e-4.
     "paper": Profile(
-        corpus=dict(dataset="iemocap", backbone="torchaudio:hubert_base"),
+        corpus=dict(dataset="iemocap", backbone="torchaudio:hubert_base", layer="last"),
         run=dict(
             protocol="paper", n_folds=5, max_epochs=100, batch_size=32, lr=5e-4, warmup_epochs=5,
             stop_at_plateau=False, patience=10, plateau_window=5,
@@ -132,6 +142,7 @@ KNOBS: dict[str, Any] = dict(
     iemocap_root=None,
     manifest=None,
     backbone=None,
+    layer=None,
     protocol=None,
     folds=None,
     seeds=None,
@@ -151,8 +162,8 @@ KNOBS: dict[str, Any] = dict(
 
 #: The knobs that change what is computed: the default experiment has each at its default.
 SHAPING: tuple[str, ...] = (
-    "dataset", "iemocap_root", "manifest", "backbone", "protocol", "folds", "seeds", "max_epochs",
-    "variants", "archs", "n_utterances", "seed", "overrides",
+    "dataset", "iemocap_root", "manifest", "backbone", "layer", "protocol", "folds", "seeds",
+    "max_epochs", "variants", "archs", "n_utterances", "seed", "overrides",
 )
 
 
@@ -176,6 +187,8 @@ class Experiment:
     profile: str
     dataset: str
     backbone: str
+    layer: str | int
+    """The backbone's hidden state the features are (``"last"``, an index, ``"all"``)."""
     protocol: str
     corpus_name: str
     folds: list[int]
@@ -231,14 +244,19 @@ class Experiment:
         """The provenance line printed under every figure and above every table."""
         return self.caption_with()
 
+    @property
+    def backbone_name(self) -> str:
+        """The backbone and, unless it is the last, its layer: ``whisper-tiny.en/layer 1``."""
+        return self.backbone if self.layer == "last" else f"{self.backbone}/layer {self.layer}"
+
     def caption_with(self, **extra: Any) -> str:
-        return provenance(profile=self.profile, corpus=self.corpus_name, backbone=self.backbone,
-                          protocol=self.protocol, **extra)
+        return provenance(profile=self.profile, corpus=self.corpus_name,
+                          backbone=self.backbone_name, protocol=self.protocol, **extra)
 
     def provenance_columns(self) -> dict[str, Any]:
         """``{profile, corpus, backbone, protocol}``: constant columns of every CSV table."""
-        return {"profile": self.profile, "corpus": self.corpus_name, "backbone": self.backbone,
-                "protocol": self.protocol}
+        return {"profile": self.profile, "corpus": self.corpus_name,
+                "backbone": self.backbone_name, "protocol": self.protocol}
 
     # --- data ----------------------------------------------------------------------------------
     def corpus(self) -> pd.DataFrame:
@@ -259,7 +277,7 @@ class Experiment:
         if self._cache is None:
             self._cache = extract_features(self.corpus(), backbone=self.backbone,
                                            cache_dir=self.cache_dir, device=self.device,
-                                           progress=progress)
+                                           layer=self.layer, progress=progress)
         return self._cache
 
     def timed_features(self) -> tuple[FeatureCache, float, bool]:
@@ -309,6 +327,16 @@ class Experiment:
         return run_configs(configs, progress=progress, engine=self.engine,
                            address=self.ray_address)
 
+    def grids(self, *others: Experiment, progress: bool = True) -> list[pd.DataFrame]:
+        """This experiment's grid and the grids of ``others`` (e.g. :meth:`pretrained`) trained
+        as one batch of runs, so that they share the workers without a pause between grids;
+        one runs table each, in order."""
+        sets = [self.grid_configs(), *(other.grid_configs() for other in others)]
+        rows = run_configs([c for configs in sets for c in configs], progress=progress,
+                           engine=self.engine, address=self.ray_address)
+        starts = np.cumsum([0, *map(len, sets)])
+        return [rows.iloc[a:b].reset_index(drop=True) for a, b in zip(starts[:-1], starts[1:])]
+
     def finished(self, variants: Sequence[str] | None = None, archs: Sequence[str] | None = None,
                  folds: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
                  **overrides: Any) -> pd.DataFrame:
@@ -356,6 +384,16 @@ class Experiment:
                     "it is not converged. The epoch kept is the best on validation.")
         return (f"Runs train a fixed {c.max_epochs} epochs; a run counts as converged when "
                 f"{rule} within them. The epoch kept is the best on validation.")
+
+    def pretrained(self, **knobs: Any) -> Experiment | None:
+        """The same experiment on the profile's second, pretrained backbone (``None`` when the
+        profile names none, or this experiment already is on it), for the headline comparisons
+        beside the main backbone; ``knobs`` narrow it (e.g. ``archs``, ``variants``)."""
+        other = profile(self.profile).pretrained
+        if other is None or (self.backbone, self.layer) == tuple(other):
+            return None
+        backbone, layer = other
+        return setup({**self.knobs, "backbone": backbone, "layer": layer, **knobs})
 
     def reading_grid(self) -> tuple[list[str], list[int]]:
         """The architectures and seeds of the open-points chapter: ``archs`` / ``seeds`` when
@@ -438,6 +476,7 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     if dataset == "manifest" and not given["manifest"]:
         raise HcldError("dataset='manifest' needs manifest (a CSV with path, speaker, emotion)")
     backbone = given["backbone"] or prof.corpus["backbone"]
+    layer = given["layer"] if given["layer"] is not None else prof.corpus.get("layer", "last")
     n_utt = int(given["n_utterances"] or prof.corpus.get("n_utterances", 1000))
     seed = int(given["seed"])
     overrides = dict(given["overrides"] or {})
@@ -468,13 +507,15 @@ def setup(namespace: Mapping[str, Any] | None = None, **knobs: Any) -> Experimen
     else:
         manifest_path = str(Path(given["manifest"]).expanduser().absolute())
         corpus = f"manifest-{slug(Path(manifest_path).stem)}-{short_hash(manifest_path)}"
-    name = f"{corpus}__{slug(backbone)}__{run['protocol']}__{given['profile']}"
+    backbone_part = slug(backbone) + ("" if layer == "last" else f"-L{slug(layer)}")
+    name = f"{corpus}__{backbone_part}__{run['protocol']}__{given['profile']}"
     if overrides:
         name += f"__{short_hash(overrides)}"
     default = given["profile"] == "quick" and all(given[k] == KNOBS[k] for k in SHAPING)
     RunConfig(**{k: v for k, v in run.items() if k in RUN_FIELDS})  # bad values, said now
     exp = Experiment(
-        profile=given["profile"], dataset=dataset, backbone=backbone, protocol=run["protocol"],
+        profile=given["profile"], dataset=dataset, backbone=backbone, layer=layer,
+        protocol=run["protocol"],
         corpus_name=corpus, folds=list(range(n_run)), seeds=seeds,
         variants=_listed(given["variants"], TABLE_VARIANTS),
         archs=_listed(given["archs"], ARCHS), device=given["device"] or "auto", seed=seed,

@@ -16,6 +16,7 @@ import pandas as pd
 
 from hcld_lib.experiments.budgets import stability_headline
 from hcld_lib.experiments.comparisons import (
+    backbone_sentences,
     claim_sentences,
     claim_stability,
     claim_stability_sentences,
@@ -115,6 +116,19 @@ def budget_section(by_budget: pd.DataFrame, note: str) -> str:
                       *(f"- {s}" for s in claim_stability_sentences(stable))])
 
 
+def backbone_section(exp: Experiment) -> str | None:
+    """The report's section on the second backbone, from chapter 04's table of the headline
+    comparisons on each backbone (``04_backbones.csv``); ``None`` when chapter 04 ran none."""
+    path = exp.results_dir / "04_backbones.csv"
+    if not path.is_file():
+        return None
+    table = read_csv(path, what="chapter 04's backbone comparison", remedy=_RERUN)
+    return "\n".join(["## Does the answer depend on the backbone?", "",
+                      "The headline comparisons on the main backbone and on a real pretrained "
+                      "speech encoder (chapter 04), the same folds and training.", "",
+                      *(f"- {s}" for s in backbone_sentences(table))])
+
+
 def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[str, list[Path]]:
     """Figures (``*.png``) and Markdown tables (``*.md``, not ``report.md``) in ``folder``, sorted,
     optionally only those whose name starts with one of ``prefixes`` (e.g. ``("06", "07")``)."""
@@ -130,10 +144,11 @@ def artifacts(folder: str | os.PathLike, prefixes: Sequence[str] = ()) -> dict[s
 
 def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
                  card: pd.DataFrame | None, readings_md: str | None = None,
-                 budget_md: str | None = None) -> Path:
+                 budget_md: str | None = None, backbone_md: str | None = None) -> Path:
     """``report.md`` of the experiment: provenance, corpus note, Table II, the claim sentences,
-    the same verdicts across training budgets, the readings of the open points, the decoupling
-    sentences, the other chapters' tables (06, 07), the figure list."""
+    the same verdicts across training budgets and on a second backbone, the readings of the
+    open points, the decoupling sentences, the other chapters' tables (06, 07), the figure
+    list."""
     found = artifacts(exp.results_dir)
     extra = [t for t in found["tables"] if t.name.startswith(("06", "07"))]
     lines = [f"# HCLD companion report: {exp.name}\n\n_{exp.caption}_\n", corpus_note(exp), ""]
@@ -143,6 +158,8 @@ def write_report(exp: Experiment, table2_md: str | None, claims: pd.DataFrame,
     lines += [f"- {s}" for s in claim_sentences(claims)] + [""]
     if budget_md:
         lines += [budget_md.strip(), ""]
+    if backbone_md:
+        lines += [backbone_md.strip(), ""]
     if readings_md:
         lines += [readings_md.strip(), ""]
     if card is not None and not card.empty:

@@ -17,24 +17,27 @@ from hcld_lib.plots.style import VERDICT_COLORS, finish_figure
 
 def plot_budgets(table: pd.DataFrame, rows: Sequence[str], panels: str | None = None,
                  caption: str | None = None,
-                 title: str = "Does the answer depend on how long we train?") -> Figure:
-    """A forest plot of every comparison at every training budget.
+                 title: str = "Does the answer depend on how long we train?",
+                 series: str = "budget") -> Figure:
+    """A forest plot of every comparison at every training budget (or backbone, ...).
 
     One line per comparison (the columns ``rows`` joined, e.g. comparison and architecture),
-    one panel per value of ``panels`` (e.g. the comparison, when rows are readings); per budget,
-    from the shortest (top) to the runs' own end, the mean difference with its 95 % interval,
-    coloured by verdict, its marker by budget, and the share of converged runs written beside
-    it. The paper's difference is a cross.
+    one panel per value of ``panels`` (e.g. the comparison, when rows are readings); per value
+    of ``series`` (the budgets from the shortest, top, to the runs' own end; or the backbones),
+    the mean difference with its 95 % interval, coloured by verdict, its marker by series, and
+    the share of converged runs written beside it. The paper's difference is a cross.
 
     ``table``: a ``by_budget`` table (:func:`hcld_lib.experiments.comparisons.claims_by_budget`,
-    :func:`hcld_lib.experiments.readings.readings_by_budget`).
+    :func:`hcld_lib.experiments.readings.readings_by_budget`) or any table with a ``series``
+    column (:func:`hcld_lib.experiments.comparisons.claims_by_backbone`).
     """
-    need = {*rows, "budget", "mean", "ci_low", "ci_high", "verdict", "converged_share"}
+    need = {*rows, series, "mean", "ci_low", "ci_high", "verdict", "converged_share"}
     if panels is not None:
         need.add(panels)
     if not need <= set(table.columns):
         raise HcldError(f"plot_budgets: table lacks {sorted(need - set(table.columns))}")
-    budgets = budget_order(table["budget"])
+    budgets = (budget_order(table[series]) if series == "budget"
+               else list(dict.fromkeys(table[series])))
     labels = table[list(rows)].astype(str).agg(" | ".join, axis=1)
     table = table.assign(_row=labels)
     names = list(dict.fromkeys(labels))
@@ -48,7 +51,7 @@ def plot_budgets(table: pd.DataFrame, rows: Sequence[str], panels: str | None = 
     for ax, group in zip(axes[0], groups):
         sub = table if group is None else table[table[panels] == group]
         for budget, dy in zip(budgets, offsets):
-            part = sub[sub["budget"] == budget].set_index("_row").reindex(names)
+            part = sub[sub[series] == budget].set_index("_row").reindex(names)
             for yi, (_, r) in zip(y + dy, part.iterrows()):
                 if pd.isna(r["mean"]):
                     continue
@@ -69,5 +72,5 @@ def plot_budgets(table: pd.DataFrame, rows: Sequence[str], panels: str | None = 
                 for b in budgets]
     handles.append(plt.Line2D([], [], marker="x", ls="", color="black", label="paper"))
     axes[0, -1].legend(handles=handles, fontsize=7, loc="lower right",
-                       title="verdict / budget (% = runs converged)", title_fontsize=7)
+                       title=f"verdict / {series} (% = runs converged)", title_fontsize=7)
     return finish_figure(fig, title, caption)

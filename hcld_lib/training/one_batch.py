@@ -24,7 +24,8 @@ from hcld_lib.method.term import TermInputs
 from hcld_lib.method.terms import active_terms
 from hcld_lib.runtime import set_seed
 from hcld_lib.training.config import RunConfig
-from hcld_lib.training.run import FoldData, RunTask, build_model, prepare_fold
+from hcld_lib.training.fold import FoldData, prepare_fold
+from hcld_lib.training.run import RunTask, build_model
 
 
 @dataclass

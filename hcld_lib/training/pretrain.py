@@ -49,7 +49,7 @@ from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.fit import Batches, FitResult, fit
-from hcld_lib.training.run import fold_split
+from hcld_lib.training.fold import fold_split
 
 PRETRAIN_TERMS: tuple[str, ...] = ("cluster", "speaker_ce", "with_positive")
 """Logged per epoch as ``loss_<term>``; ``with_positive`` is the share of a batch's anchors that

@@ -1,10 +1,11 @@
 """One run: a variant x architecture x fold x seed, from the feature cache to its results.
 
-:func:`train_run` prepares the fold (:func:`prepare_fold`), builds the model and the label
-networks of its terms (:func:`build_model`), trains them with :func:`hcld_lib.training.fit.fit`
-on batches of the positive-guaranteeing sampler, minimising
-:func:`hcld_lib.method.terms.objective`, evaluates
-every epoch, and writes the selected epoch's results.
+:func:`train_run` prepares the fold (:func:`hcld_lib.training.fold.prepare_fold`), builds the
+model and the networks of its terms (:func:`build_model`), trains them with
+:func:`hcld_lib.training.fit.fit` on batches of the positive-guaranteeing sampler, minimising
+:func:`hcld_lib.method.terms.objective`, evaluates every epoch
+(:mod:`hcld_lib.training.evaluate`) until the run's stop (:mod:`hcld_lib.training.stopping`),
+and writes the selected epoch's results.
 
 **Model selection** uses the fold's validation part (carved from its training part): the epoch with
 the highest validation emotion UA, the earlier epoch on ties. The best test emotion UA over all
@@ -25,21 +26,17 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from hcld_lib.analysis.metrics import classification_metrics
 from hcld_lib.data.labels import emotion_order
-from hcld_lib.data.splits import Fold, make_folds
 from hcld_lib.features.cache import FeatureCache, open_cache
 from hcld_lib.features.normalizer import FeatureNormalizer
-from hcld_lib.features.resident import FoldFeatures, fold_features
+from hcld_lib.features.resident import FoldFeatures
 from hcld_lib.io import (
     HcldError,
     atomic_save_npz,
@@ -48,6 +45,7 @@ from hcld_lib.io import (
     ensure_writable_dir,
     load_torch,
     read_json,
+    short_hash,
 )
 from hcld_lib.method.anchors import label_text_embeddings, label_words
 from hcld_lib.method.models import DualBranchModel
@@ -56,120 +54,13 @@ from hcld_lib.method.term import ModuleContext
 from hcld_lib.method.terms import LOGGED, build_term_modules, objective
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
+from hcld_lib.training.evaluate import EVAL_BATCH, SPLITS, flat_metrics, predict, split_metrics
 from hcld_lib.training.fit import Batches, FitResult, fit
+from hcld_lib.training.fold import FoldData, prepare_fold
 from hcld_lib.training.log import RunLog
 from hcld_lib.training.stopping import SCORE, plateau_epoch, should_stop
 
-SPLITS: tuple[str, ...] = ("val", "test", "speaker_test")
-
 _REDO = "delete the run folder (or `make clean-runs`) and train the run again"
-
-EVAL_BATCH = 256
-"""Utterances per evaluation batch (no gradients: large batches, grouped by length)."""
-
-
-# --- the fold ------------------------------------------------------------------------------------
-
-
-_VERIFIED: set[tuple] = set()  # caches whose rows this process checked against their CRCs
-
-
-def fold_split(config: RunConfig) -> tuple[FeatureCache, pd.DataFrame, Fold, np.ndarray]:
-    """The cache, its utterance table, the config's fold, and each table row's cache row."""
-    if not config.features:
-        raise HcldError("RunConfig.features is empty: set it to the folder of a feature cache "
-                        "(hcld_lib.features.extract.extract_features, or Experiment.config() "
-                        "in a notebook, makes one)")
-    cache = open_cache(config.features)
-    stamp = (str(cache.path), cache.meta.get("key"),
-             (cache.path / "features.npy").stat().st_mtime_ns)
-    if stamp not in _VERIFIED:  # every row once per process: 0.05 s per 1000 fbank rows
-        cache.verify()
-        _VERIFIED.add(stamp)
-    table = cache.table.reset_index(drop=True)
-    folds = make_folds(table, config.protocol, config.n_folds, config.seed, config.val_fraction)
-    if not 0 <= config.fold < len(folds):
-        raise HcldError(f"fold={config.fold} but protocol {config.protocol!r} gives "
-                        f"{len(folds)} folds (0..{len(folds) - 1})")
-    id_to_row = {uid: i for i, uid in enumerate(cache.ids)}
-    try:
-        cache_row = np.array([id_to_row[u] for u in table["utterance_id"]], dtype=np.int64)
-    except KeyError as err:
-        raise HcldError(f"utterance {err} of the cache's table has no features in "
-                        f"{config.features}; re-extract the cache") from err
-    return cache, table, folds[config.fold], cache_row
-
-
-def label_budget_subset(
-    rows: np.ndarray, emotion: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
-    """A seeded, emotion-stratified subset of ``rows`` holding ``fraction`` of each class.
-
-    Each class keeps ``max(1, round(fraction * n_class))`` rows, so no class disappears.
-    ``emotion`` is aligned with ``rows``. Returns sorted row indices (``rows`` itself when
-    ``fraction >= 1``): the labelled part of a label-budget run; the rest of ``rows`` is the
-    unlabelled part.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if fraction >= 1.0:
-        return rows
-    rng = np.random.default_rng([seed, 6])
-    emotion = np.asarray(emotion)
-    keep = []
-    for e in np.unique(emotion):
-        members = rows[emotion == e]
-        k = max(1, int(round(fraction * len(members))))
-        keep.append(rng.choice(members, size=k, replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-@dataclass
-class FoldData:
-    """A run's view of its fold: labels as integers over the table's rows, the labelled
-    training rows, the fitted normaliser, and the datasets of every part."""
-
-    config: RunConfig
-    cache: FeatureCache
-    table: pd.DataFrame
-    fold: Fold
-    cache_row: np.ndarray
-    emotion_labels: list[str]
-    speaker_labels: list[str]
-    emotion: np.ndarray
-    """[N] emotion index of every table row."""
-    speaker: np.ndarray
-    """[N] speaker index of every table row; -1 for a speaker unseen in training."""
-    train: np.ndarray
-    """The training rows whose labels are used (all of ``fold.train`` unless a label budget)."""
-    normalizer: FeatureNormalizer
-
-    def features(self, device: torch.device | str = "cpu") -> FoldFeatures:
-        """Every table row's normalised, pooled features (position = table row), resident on
-        ``device`` when they fit (:mod:`hcld_lib.features.resident`)."""
-        c = self.config
-        return fold_features(self.cache, self.cache_row, self.normalizer, c.frame_stride,
-                             c.max_frames, device, c.resident)
-
-    def split_rows(self, name: str) -> np.ndarray:
-        return getattr(self.fold, name)
-
-
-def prepare_fold(config: RunConfig) -> FoldData:
-    """The fold of ``config`` with its label budget applied and its normaliser fitted on the
-    labelled training rows."""
-    cache, table, fold, cache_row = fold_split(config)
-    emotion_labels = emotion_order(table["emotion"])
-    emo_index = {e: i for i, e in enumerate(emotion_labels)}
-    emotion = table["emotion"].astype(str).map(emo_index).to_numpy(np.int64)
-    train = label_budget_subset(fold.train, emotion[fold.train], config.train_fraction,
-                                config.seed)
-    speakers = table["speaker"].astype(str).to_numpy()
-    speaker_labels = sorted(set(speakers[train]))
-    spk_index = {s: i for i, s in enumerate(speaker_labels)}
-    speaker = np.array([spk_index.get(s, -1) for s in speakers], dtype=np.int64)
-    normalizer = FeatureNormalizer().fit(cache, cache_row[train])
-    return FoldData(config, cache, table, fold, cache_row, emotion_labels, speaker_labels,
-                    emotion, speaker, train, normalizer)
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -233,69 +124,6 @@ def prepare_shared(configs: list[RunConfig]) -> None:
             done.add(key)
             labels = emotion_order(open_cache(c.features).table["emotion"])
             label_text_embeddings(c.lcl_text_encoder, label_words(labels))
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(model: nn.Module, features: FoldFeatures, positions: np.ndarray, batch_size: int
-            ) -> dict[str, np.ndarray | None]:
-    """Embeddings and predicted classes of ``positions`` of ``features`` (eval mode, in order).
-
-    Batches take the positions in order of length, so that little padding is computed."""
-    was_training = model.training
-    model.eval()
-    positions = np.asarray(positions, dtype=np.int64)
-    order = np.argsort(features.lengths.cpu().numpy()[positions], kind="stable")
-    parts: dict[str, list[torch.Tensor]] = {"x_e": [], "x_s": [], "emotion_pred": [],
-                                            "speaker_pred": [], "emotion_logp": []}
-    for start in range(0, len(order), batch_size):
-        out = model(*features.gather(positions[order[start:start + batch_size]]))
-        parts["x_e"].append(out["x_e"].float())
-        parts["emotion_pred"].append(out["emotion_logits"].argmax(-1))
-        parts["emotion_logp"].append(torch.log_softmax(out["emotion_logits"].float(), -1))
-        if out["x_s"] is not None:
-            parts["x_s"].append(out["x_s"].float())
-            parts["speaker_pred"].append(out["speaker_logits"].argmax(-1))
-    model.train(was_training)
-    back = np.argsort(order, kind="stable")
-    return {k: (torch.cat(v).cpu().numpy()[back] if v else None) for k, v in parts.items()}
-
-
-def split_metrics(pred: dict[str, np.ndarray | None], emotion: np.ndarray, speaker: np.ndarray,
-                  data: FoldData, with_speaker: bool) -> dict[str, Any]:
-    """``{"emotion": metrics, "speaker": metrics or None, "n": N}`` of one part.
-
-    Speaker metrics cover the items whose speaker was seen in training (label >= 0)."""
-    result: dict[str, Any] = {"n": int(len(emotion)), "emotion": None, "speaker": None}
-    if len(emotion) == 0:
-        return result
-    emo_names = np.asarray(data.emotion_labels)
-    result["emotion"] = classification_metrics(
-        emo_names[emotion], emo_names[pred["emotion_pred"]], data.emotion_labels
-    )
-    # cross-entropy of the emotion head on this part: a smoother signal than UA on a small part
-    result["emotion"]["loss"] = float(-pred["emotion_logp"][np.arange(len(emotion)),
-                                                            emotion].mean())
-    known = speaker >= 0
-    if with_speaker and pred["speaker_pred"] is not None and known.any():
-        spk_names = np.asarray(data.speaker_labels)
-        result["speaker"] = classification_metrics(
-            spk_names[speaker[known]], spk_names[pred["speaker_pred"][known]], data.speaker_labels
-        )
-    return result
-
-
-def _flat(split: str, metrics: dict[str, Any]) -> dict[str, float]:
-    row = {}
-    for task in ("emotion", "speaker"):
-        for name in ("wa", "ua"):
-            block = metrics.get(task)
-            row[f"{split}_{task}_{name}"] = float(block[name]) if block else float("nan")
-    block = metrics.get("emotion")
-    row[f"{split}_emotion_loss"] = float(block["loss"]) if block else float("nan")
-    return row
 
 
 def _progress_line(config: RunConfig, row: dict[str, Any]) -> str:
@@ -388,7 +216,7 @@ class RunTask:
             with_speaker = not (name == "test" and self.config.protocol == "loso")
             metrics[name] = split_metrics(pred, self.data.emotion[rows], self.data.speaker[rows],
                                           self.data, with_speaker)
-        columns = {k: v for name, m in metrics.items() for k, v in _flat(name, m).items()}
+        columns = {k: v for name, m in metrics.items() for k, v in flat_metrics(name, m).items()}
         val = metrics["val"]["emotion"]
         return columns, (val["ua"] if val else None), metrics
 
@@ -413,14 +241,15 @@ def train_run(
         (optimistic), ``n_train`` / ``n_val`` / ``n_test`` / ``n_speaker_test``,
         ``emotion_labels``, ``speaker_labels``, ``seconds``. A finished run is returned at once.
     Raises:
-        HcldError: the run folder holds a run with other settings, or bad settings.
+        HcldError: the run folder holds a run with other settings (finished, or in training by
+            another process), or bad settings. Another process training this very run is
+            waited for, and its metrics returned.
     """
-    run_dir = config.run_dir
     finished = _finished_metrics(config)
     if finished is not None:
         return finished
     ensure_writable_dir(config.out_dir, "the runs folder (RunConfig.out_dir)")
-    with _run_lock(run_dir):
+    with _run_lock(config):
         finished = _finished_metrics(config)  # another process may have just finished it
         return finished if finished is not None else _train(config, verbose, on_epoch_end)
 
@@ -440,22 +269,29 @@ def _finished_metrics(config: RunConfig) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` (an advisory lock the system releases when the process ends):
-    two processes training one run folder at once would overwrite each other's files."""
+def _run_lock(config: RunConfig) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while the run trains (an advisory lock the system releases when
+    the process ends, however it ends). Another process training the same run (the same
+    settings: two chapters of a batch that share a run) is waited for; one training other
+    settings in the same folder is refused, as the two would overwrite each other's files."""
+    run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    key = short_hash(config.result_key(), 16)
     with open(run_dir / ".lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise HcldError(f"{run_dir} is being trained by another process now (pid {holder}); "
-                            "two runs of one folder at once would overwrite each other: wait for "
-                            "it, or give this run another out_dir or run_name") from None
+            pid, _, holder_key = handle.read().strip().partition(" ")
+            if holder_key != key:
+                raise HcldError(
+                    f"{run_dir} is being trained by another process now (pid {pid or '?'}) with "
+                    "other settings; two runs of one folder at once would overwrite each other: "
+                    "wait for it, or give this run another out_dir or run_name") from None
+            fcntl.flock(handle, fcntl.LOCK_EX)  # the same run: wait for it to finish
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
+        handle.write(f"{os.getpid()} {key}")
         handle.flush()
         yield
 
