@@ -31,7 +31,7 @@ from hcld_lib.experiments.params import setup
 from hcld_lib.training.stopping import plateau_epoch, selected_epoch
 
 REPO = Path(__file__).resolve().parent.parent
-RULES = [(p, w, m) for p in (3, 5, 8) for w in (1, 3, 5) for m in (10, 20)]
+RULES = [(p, w, m) for p in (3, 4, 5, 8) for w in (1, 3, 5) for m in (10, 20)]
 
 
 def stop_epoch(val: np.ndarray, patience: int, window: int, min_epochs: int) -> int:
@@ -96,7 +96,10 @@ def main() -> None:
     print("\nHCLD vs EMO-only, emotion UA (cnn), by how long the runs train")
     budgets = {f"{e} epochs": (lambda h, e=e: e) for e in (5, 20, 40) if e < args.epochs}
     budgets[f"{args.epochs} epochs"] = len
-    budgets["rule (5, 3, 20)"] = lambda h: stop_epoch(h["val_emotion_ua"].to_numpy(), 5, 3, 20)
+    rule = (exp.base_config().patience, exp.base_config().plateau_window,
+            exp.base_config().min_epochs)
+    budgets[f"the profile's rule {rule}"] = (
+        lambda h: stop_epoch(h["val_emotion_ua"].to_numpy(), *rule))
     for label, when in budgets.items():
         rows = [{"variant": n.split("__")[0], "arch": n.split("__")[1],
                  "fold": int(n.split("fold")[1].split("__")[0]),
@@ -104,7 +107,7 @@ def main() -> None:
                 for n, h in histories.items()]
         r = compare(pd.DataFrame(rows), "hcld", "emo_only", "emo_ua", 1.0,
                     where={"arch": "cnn"})
-        print(f"   {label:<16s} {r['mean']:+5.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] "
+        print(f"   {label:<28s} {r['mean']:+5.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] "
               f"over {r['n_pairs']} pairs: {r['verdict']} (expected: HCLD above)")
 
 

@@ -38,6 +38,16 @@ def all_layer_cache(root: Path, n_utterances: int = 48):
                             layer="all", progress=False)
 
 
+def fbank_cache(root: Path, n_utterances: int, seed: int = 0) -> str:
+    """The path of an fbank cache (2 s crops) of a synthetic corpus of ``n_utterances``."""
+    from hcld_lib.data.synthetic import synthesize_corpus
+    from hcld_lib.features.extract import extract_features
+
+    table = synthesize_corpus(root / "corpus", n_utterances=n_utterances, seed=seed)
+    return str(extract_features(table, "fbank", root / "cache", max_seconds=2.0,
+                                progress=False).path)
+
+
 class FakeHub:
     """Stands in for the Hugging Face Hub: ``hf_hub_download`` / ``snapshot_download`` copy files
     of a local model folder into the real cache layout (``models--owner--name/snapshots/<commit>``,

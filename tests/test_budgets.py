@@ -87,3 +87,16 @@ def test_no_robust_verdict_without_a_budget_where_every_run_converged():
     split = table.assign(converged_share=[1.0, 1.0])
     row = bd.stability(split, ["comparison"]).iloc[0]
     assert not row["robust"] and row["converged_budgets"] == ["5 epochs", "plateau stop"]
+
+
+def test_the_headline_says_when_robust_rests_on_one_converged_budget():
+    """Two comparisons: one converged at 5 epochs and at the plateau (robust on two budgets),
+    one only at the plateau (robust on one): the headline counts both and names the second."""
+    table = pd.DataFrame({"comparison": ["x", "x", "y", "y"],
+                          "budget": ["5 epochs", "plateau stop"] * 2,
+                          "verdict": ["held", "held", "contradicted", "not shown"],
+                          "converged_share": [1.0, 1.0, 0.4, 1.0]})
+    text = bd.stability_headline(bd.stability(table, ["comparison"]))
+    assert text.startswith("Across training budgets: 2 of 2 verdicts are robust")
+    assert "; 1 of them rest on one such budget only" in text
+    assert text.endswith("; 1 change with the budget.")

@@ -634,8 +634,8 @@ def test_plugged_in_backbone_goes_through_the_cache_and_trains(tmp_path):
         unregister_backbone("my-projection")
     assert same.path == cache.path
     config = RunConfig(variant="hcld", features=str(cache.path), out_dir=str(tmp_path / "runs"),
-                       epochs=2, batch_size=16, embed_dim=16, hidden_dim=16, n_layers=1,
-                       text_encoder="learned", device="cpu", warmup_epochs=0)
+                       max_epochs=2, batch_size=16, embed_dim=16, hidden_dim=16, n_layers=1,
+                       lcl_text_encoder="learned", device="cpu", warmup_epochs=0)
     metrics = train_run(config)
     assert 0.0 <= metrics["test"]["emotion"]["ua"] <= 1.0 and metrics["n_test"] > 0
     assert (config.run_dir / "metrics.json").is_file()

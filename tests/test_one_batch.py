@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import fbank_cache
 
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.one_batch import gradient_reach, one_batch
@@ -11,13 +12,7 @@ from hcld_lib.training.one_batch import gradient_reach, one_batch
 
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory):
-    from hcld_lib.data.synthetic import synthesize_corpus
-    from hcld_lib.features.extract import extract_features
-
-    root = tmp_path_factory.mktemp("one-batch")
-    table = synthesize_corpus(root / "corpus", n_utterances=80, seed=0)
-    return str(extract_features(table, "fbank", root / "cache", max_seconds=2.0,
-                                progress=False).path)
+    return fbank_cache(tmp_path_factory.mktemp("one-batch"), n_utterances=80)
 
 
 def _config(cache_path, **kw):

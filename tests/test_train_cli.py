@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from helpers import fbank_cache
 
 from hcld_lib.train import main
 
 
 @pytest.fixture(scope="module")
 def cache_path(tmp_path_factory):
-    from hcld_lib.data.synthetic import synthesize_corpus
-    from hcld_lib.features.extract import extract_features
-
-    root = tmp_path_factory.mktemp("cli")
-    table = synthesize_corpus(root / "corpus", n_utterances=60, seed=0)
-    return str(extract_features(table, "fbank", root / "cache", max_seconds=2.0,
-                                progress=False).path)
+    return fbank_cache(tmp_path_factory.mktemp("cli"), n_utterances=60)
 
 
 def test_a_misspelt_field_is_refused_with_the_fields(capsys):

@@ -495,3 +495,21 @@ def test_a_non_finite_loss_says_whether_the_data_or_the_training_is_at_fault():
         run(torch.tensor([[float("nan"), 1.0]]), lr=1e-3)
     with pytest.raises(HcldError, match="training diverged: lower lr"):
         run(torch.tensor([[1e10, 1.0]]), lr=1e-3)
+
+
+def test_a_setting_only_the_speaker_branch_reads_leaves_the_emotion_branch_bit_for_bit(
+        cache_path, tmp_path):
+    base = _config(cache_path, tmp_path, "hcld", max_epochs=3, dropout=0.0)
+    other = base.replace(icld_hinge="above", icld_margin=0.3)
+    assert other.emotion_key() == base.emotion_key()
+    assert other.resolved_run_name != base.resolved_run_name
+    a, b = train_run(base), train_run(other)
+    h_a = pd.read_csv(base.run_dir / "history.csv")
+    h_b = pd.read_csv(other.run_dir / "history.csv")
+    emotion = [c for c in h_a.columns if "emotion" in c or c.startswith(("loss_ce_emotion",
+                                                                         "loss_supcon",
+                                                                         "loss_lcl",
+                                                                         "loss_icld_pos"))]
+    pd.testing.assert_frame_equal(h_a[emotion], h_b[emotion])
+    assert a["test"]["emotion"] == b["test"]["emotion"]
+    assert not h_a["loss_icld_neg"].equals(h_b["loss_icld_neg"])  # the speaker side did change

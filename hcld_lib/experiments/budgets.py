@@ -173,11 +173,16 @@ def stability_sentences(stable: pd.DataFrame, label: Callable[[dict[str, Any]], 
 
 
 def stability_headline(stable: pd.DataFrame) -> str:
-    """One sentence on a :func:`stability` table: how many verdicts are robust, how many
-    change with the budget."""
-    return (f"Across training budgets: {int(stable['robust'].sum())} of {len(stable)} verdicts "
-            "are robust (the same at every budget at which all their runs had converged); "
-            f"{int(stable['changes'].sum())} change with the budget.")
+    """One sentence on a :func:`stability` table: how many verdicts are robust, on how many
+    converged budgets that rests, how many change with the budget."""
+    robust = stable["robust"].astype(bool)
+    single = int((robust & (stable["converged_budgets"].map(len) == 1)).sum())
+    text = (f"Across training budgets: {int(robust.sum())} of {len(stable)} verdicts are robust "
+            "(the same at every budget at which all their runs had converged)")
+    if single:
+        text += (f"; {single} of them rest on one such budget only, so for those robust means "
+                 "the verdict of converged runs, not that a shorter budget agrees")
+    return text + f"; {int(stable['changes'].sum())} change with the budget."
 
 
 def stability_summary(stable: pd.DataFrame) -> str:

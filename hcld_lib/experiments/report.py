@@ -51,12 +51,16 @@ def decoupling_sentences(card: pd.DataFrame) -> list[str]:
         else:
             s += "; no speaker branch"
         out.append(s + ".")
-    if {"hcld", "emo_only"} <= set(card.index):
-        d = 100 * (card.loc["hcld", "speaker_from_x_e_bacc"]
-                   - card.loc["emo_only", "speaker_from_x_e_bacc"])
-        direction = "less" if d < 0 else "more"
-        out.append(f"Speaker information in X_e: HCLD leaves {abs(d):.1f} points {direction} "
-                   "than EMO-only (linear probe, balanced accuracy).")
+    if "emo_only" in card.index:
+        base = card.loc["emo_only", "speaker_from_x_e_bacc"]
+        parts = []
+        for name in card.index.drop("emo_only"):
+            d = 100 * (card.loc[name, "speaker_from_x_e_bacc"] - base)
+            parts.append(f"{variant_label(str(name))} {abs(d):.1f} points "
+                         f"{'less' if d < 0 else 'more'}")
+        if parts:
+            out.append("Speaker information in X_e against EMO-only (linear probe, balanced "
+                       "accuracy, one fold): " + ", ".join(parts) + ".")
     if {"hcld", "orth"} <= set(card.index) and "emotion_from_x_s_bacc" in card:
         d = 100 * (card.loc["hcld", "emotion_from_x_s_bacc"]
                    - card.loc["orth", "emotion_from_x_s_bacc"])

@@ -44,7 +44,7 @@ def plot_budgets(table: pd.DataFrame, rows: Sequence[str], panels: str | None = 
     groups = list(dict.fromkeys(table[panels])) if panels else [None]
     offsets = np.linspace(0.25, -0.25, len(budgets)) if len(budgets) > 1 else np.zeros(1)
     markers = dict(zip(budgets, "os^DvP"))
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups),
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups) + 1.6,
                                                       0.55 * len(names) + 2.0),
                              squeeze=False, sharey=True)
     y = np.arange(len(names))[::-1]
@@ -71,6 +71,7 @@ def plot_budgets(table: pd.DataFrame, rows: Sequence[str], panels: str | None = 
     handles += [plt.Line2D([], [], marker=markers[b], ls="", color="0.3", label=b)
                 for b in budgets]
     handles.append(plt.Line2D([], [], marker="x", ls="", color="black", label="paper"))
-    axes[0, -1].legend(handles=handles, fontsize=7, loc="lower right",
-                       title=f"verdict / {series} (% = runs converged)", title_fontsize=7)
+    # beside the last panel, where it hides no row
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       title=f"verdict / {series}\n(% = runs converged)", title_fontsize=7)
     return finish_figure(fig, title, caption)

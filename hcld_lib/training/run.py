@@ -61,6 +61,7 @@ from hcld_lib.training.log import RunLog
 from hcld_lib.training.stopping import SCORE, plateau_epoch, should_stop
 
 _REDO = "delete the run folder (or `make clean-runs`) and train the run again"
+_WRITABLE: set[str] = set()  # runs folders this process has found writable
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -248,7 +249,9 @@ def train_run(
     finished = _finished_metrics(config)
     if finished is not None:
         return finished
-    ensure_writable_dir(config.out_dir, "the runs folder (RunConfig.out_dir)")
+    if config.out_dir not in _WRITABLE:  # once per folder and process (it writes a probe file)
+        ensure_writable_dir(config.out_dir, "the runs folder (RunConfig.out_dir)")
+        _WRITABLE.add(config.out_dir)
     with _run_lock(config):
         finished = _finished_metrics(config)  # another process may have just finished it
         return finished if finished is not None else _train(config, verbose, on_epoch_end)
