@@ -57,3 +57,19 @@ def test_label_budget_rejects_bad_arguments(cache_path, tmp_path):
         label_budget_experiment(base, spk, conditions=("magic",), out_dir=tmp_path)
     with pytest.raises(HcldError, match="fractions"):
         label_budget_experiment(base, spk, fractions=(0.0,), out_dir=tmp_path)
+
+
+def test_pretraining_trend_says_whether_the_loss_was_still_falling():
+    """8 epochs: the last 2 against the 2 before. 1.0 -> 0.8 is a 20 % fall, 0.50 -> 0.495 a
+    1 % fall: 10.5 % on average, still falling; the level curve alone has levelled off."""
+    import pandas as pd
+
+    from hcld_lib.experiments.label_budget import pretraining_trend
+
+    falling = pd.DataFrame({"loss": [1.2, 1.1, 1.0, 1.0, 1.0, 1.0, 0.8, 0.8]})
+    level = pd.DataFrame({"loss": [0.6, 0.55, 0.5, 0.5, 0.5, 0.5, 0.495, 0.495]})
+    text = pretraining_trend({"fold 0": falling, "fold 1": level})
+    assert "fold 0 +20.0 %, fold 1 +1.0 %; on average +10.5 %." in text
+    assert "had not levelled off" in text
+    assert "It had levelled off" in pretraining_trend({"fold 1": level})
+    assert "too short" in pretraining_trend({"fold 0": falling.iloc[:7]})

@@ -264,3 +264,30 @@ def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
         f"{base.emotion_arch}; the labelled share is emotion-stratified and seeded (train_run).",
         "Conditions: " + "; ".join(f"{c} = {CONDITION_LABELS[c]}" for c in conditions) + ".",
     ]
+
+
+def pretraining_trend(histories: dict[str, pd.DataFrame], threshold: float = 2.0) -> str:
+    """Whether pretraining's loss had levelled off by its last epoch, in one sentence: the mean
+    loss of the last quarter of the epochs against the quarter before, per history and on
+    average over them (one fold's curve is too noisy to judge alone); still falling when the
+    average fall exceeds ``threshold`` percent. Pretraining has no labelled validation part, so
+    its length is a budget of its own."""
+    drops = {}
+    for name, hist in histories.items():
+        loss = hist["loss"].to_numpy(dtype=np.float64)
+        q = len(loss) // 4
+        if q < 2:
+            continue
+        last, before = loss[-q:].mean(), loss[-2 * q:-q].mean()
+        drops[name] = 100 * (before - last) / abs(before)
+    if not drops:
+        return ("Fewer than 8 pretraining epochs: too short to say whether the loss had "
+                "levelled off.")
+    mean = float(np.mean(list(drops.values())))
+    values = ", ".join(f"{n} {d:+.1f} %" for n, d in drops.items())
+    head = (f"Pretraining loss, mean of the last quarter of the epochs against the quarter "
+            f"before (a fall is positive): {values}; on average {mean:+.1f} %. ")
+    if mean > threshold:
+        return head + ("Pretraining had not levelled off: the verdicts below are those of this "
+                       "pretraining length (the pretrain_epochs knob sets it).")
+    return head + f"It had levelled off (an average fall of at most {threshold:g} %)."
