@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hcld_lib.io import HcldError
+from hcld_lib.method.losses import standardize
 from hcld_lib.method.term import ModuleContext, Setting, Settings, Term, TermInputs
 
 
@@ -67,12 +68,6 @@ def club_fit_loss(x_s: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     _check(x_s, mu, logvar)
     log_q = -0.5 * ((x_s - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi))
     return -log_q.sum(1).mean()
-
-
-def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Each dimension of ``x [B, E]`` to zero mean and unit variance over the batch."""
-    centred = x - x.mean(dim=0, keepdim=True)
-    return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
 
 
 def club_terms(x_e: Tensor, x_s: Tensor, estimator: ClubEstimator) -> dict[str, Tensor]:

@@ -243,6 +243,13 @@ def lcl_loss(
 ORTH_FORMS: tuple[str, ...] = ("correlation", "batch")
 
 
+def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each dimension of ``x [B, E]`` to zero mean and unit variance over the batch (biased
+    variance, as batch normalisation; ``eps`` added to it)."""
+    centred = x - x.mean(dim=0, keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
+
+
 def orth_loss(
     x_e: Tensor, x_s: Tensor, eps: float = 1e-5, form: str = "correlation"
 ) -> Tensor:
@@ -270,11 +277,7 @@ def orth_loss(
     if form not in ORTH_FORMS:
         raise HcldError(f"orth_loss: form={form!r} is not one of {ORTH_FORMS}")
 
-    def standardise(x: Tensor) -> Tensor:
-        centred = x - x.mean(dim=0, keepdim=True)
-        return centred / torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
-
-    cross = standardise(x_e).T @ standardise(x_s)  # [E_e, E_s]
+    cross = standardize(x_e, eps).T @ standardize(x_s, eps)  # [E_e, E_s]
     batch = x_e.shape[0]
     if form == "batch":
         return cross.pow(2).sum() / batch

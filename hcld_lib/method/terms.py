@@ -119,7 +119,7 @@ def objective(out: Mapping[str, Tensor | None], emotion: Tensor, speaker: Tensor
         if term.module is not None and term.name not in modules:
             raise HcldError(f"the term {term.name!r} trains a network of its own; pass it in "
                             "modules (build_term_modules)")
-        module = modules[term.name] if term.name in modules else None
+        module = modules[term.name] if term.name in modules else None  # a ModuleDict: no .get
         got = term.compute(TermInputs(out, emotion, speaker, settings, module, progress))
         values.update(got)
         total = total + settings[term.weight] * got[term.name]
