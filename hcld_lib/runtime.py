@@ -58,11 +58,9 @@ def set_seed(seed: int) -> None:
     np.random.seed(seed)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
-    if not (torch.are_deterministic_algorithms_enabled()
-            and torch.is_deterministic_algorithms_warn_only_enabled()):
-        # torch.use_deterministic_algorithms(True, warn_only=True) without its first step, which
-        # imports the compiler (two seconds in every new process) to set a flag of compiled code
-        torch._C._set_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms(True, warn_only=True) without its first step, which
+    # imports the compiler (two seconds in every new process) to set a flag of compiled code
+    torch.set_deterministic_debug_mode("warn")
 
 
 def cache_home() -> Path:

@@ -32,8 +32,7 @@ def cache_folders(folder: Path) -> list[Path]:
 def verify_folder(folder: Path) -> str:
     """Check one cache completely; return its OK line (raises :class:`HcldError` otherwise)."""
     start = time.perf_counter()
-    cache = open_cache(folder)
-    cache.verify()
+    cache = open_cache(folder, verify=True)
     size = cache.array.nbytes / 2**20
     return (f"OK {folder}: {len(cache)} rows, {size:.0f} MB, every checksum matches "
             f"({time.perf_counter() - start:.1f} s)")

@@ -194,13 +194,14 @@ class FeatureCache:
         )
 
 
-def _remedy(path: Path) -> str:
-    return (f"delete the cache folder {path} and re-extract, or re-run extract_features with "
-            "the same arguments (it resumes an incomplete cache and rebuilds a corrupted one)")
+def _remedy(path: Path, capital: bool = False) -> str:
+    return (f"{'Delete' if capital else 'delete'} the cache folder {path} and re-extract, or "
+            "re-run extract_features with the same arguments (it resumes an incomplete cache and "
+            "rebuilds a corrupted one)")
 
 
 def _corrupt(path: Path, what: str) -> HcldError:
-    return HcldError(f"feature cache {path} is unusable: {what}. {_remedy(path).capitalize()}.")
+    return HcldError(f"feature cache {path} is unusable: {what}. {_remedy(path, capital=True)}.")
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

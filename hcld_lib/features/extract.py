@@ -309,9 +309,8 @@ def extract_features(
 
     _finish_cache(folder, table, state, bb, layer, layers, max_seconds, shape,
                   key, key_parts, table_text, dev, start)
-    cache = open_cache(folder)
-    cache.verify()  # every row as it is on disk now, not as it was computed
-    return cache
+    # every row as it is on disk now, not as it was computed
+    return open_cache(folder, verify=True)
 
 
 def _write_index(folder: Path, table: pd.DataFrame, state: dict[str, np.ndarray]) -> str:
