@@ -21,7 +21,6 @@ run, which every notebook's grid then shares; it is stopped at the end.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
 import contextlib
 import json
@@ -36,7 +35,7 @@ import nbformat
 from hcld_lib.experiments.engine import ray_session
 from hcld_lib.experiments.params import KNOBS
 from hcld_lib.experiments.params import profile as get_profile
-from hcld_lib.io import HcldError, atomic_write_text
+from hcld_lib.io import HcldError, atomic_write_text, parse_value
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL = "hcld"
@@ -58,14 +57,6 @@ def needs(path: Path) -> tuple[list[str], bool]:
     (its metadata ``"hcld": {"needs": [...], "trains": ...}``)."""
     meta = nbformat.read(path, as_version=4).metadata.get("hcld", {})
     return [str(n) for n in meta.get("needs", [])], bool(meta.get("trains", False))
-
-
-def parse_value(text: str) -> object:
-    """A papermill ``-p`` value: a Python literal when it parses as one, else the string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def check_parameters(paths: list[Path], parameters: dict[str, object]) -> None:

@@ -18,6 +18,7 @@ refused before anything of it runs.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import hashlib
@@ -176,6 +177,15 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def parse_value(text: str) -> object:
+    """A command-line value (papermill's ``-p``, ``python -m hcld_lib.train``'s options): a
+    Python literal when it parses as one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def slug(text: object) -> str:

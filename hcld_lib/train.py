@@ -17,25 +17,17 @@ line per epoch and where the run was written; a finished run is not trained agai
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
 import sys
 from typing import Any
 
-from hcld_lib.io import HcldError
+from hcld_lib.io import HcldError, parse_value
 from hcld_lib.training.config import RUN_FIELDS, RunConfig
 from hcld_lib.training.run import train_run
 
 #: The notebooks' knobs the command line takes (the rest of a run is RunConfig fields).
 KNOB_OPTIONS: tuple[str, ...] = ("profile", "dataset", "iemocap_root", "manifest", "backbone",
                                  "protocol", "n_utterances", "seed_corpus", "work_dir", "device")
-
-
-def _value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def _fields(rest: list[str]) -> dict[str, Any]:
@@ -55,9 +47,9 @@ def _fields(rest: list[str]) -> dict[str, Any]:
             raise HcldError(f"--{name.replace('_', '-')} is not a RunConfig field{hint}; the "
                             f"fields are: {', '.join(sorted(RUN_FIELDS))}")
         if inline:
-            out[name], i = _value(inline), i + 1
+            out[name], i = parse_value(inline), i + 1
         elif i + 1 < len(rest):
-            out[name], i = _value(rest[i + 1]), i + 2
+            out[name], i = parse_value(rest[i + 1]), i + 2
         else:
             raise HcldError(f"{flag} needs a value")
     return out
@@ -95,7 +87,7 @@ def config_from(args: argparse.Namespace, fields: dict[str, Any]) -> RunConfig:
                          **{**base, **fields})
     from hcld_lib.experiments.params import setup
 
-    knobs = {k: _value(getattr(args, k)) for k in KNOB_OPTIONS if getattr(args, k) is not None}
+    knobs = {k: parse_value(getattr(args, k)) for k in KNOB_OPTIONS if getattr(args, k) is not None}
     if "seed_corpus" in knobs:
         knobs["seed"] = knobs.pop("seed_corpus")
     exp = setup(figures_dir=None, **knobs)
