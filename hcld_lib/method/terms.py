@@ -109,23 +109,33 @@ def objective(out: Mapping[str, Tensor | None], emotion: Tensor, speaker: Tensor
         progress: the share of training done, in [0, 1].
     Returns: ``(L, {name: value})`` with the names of :data:`LOGGED` the active terms fill.
     """
-    modules = modules or {}
     total = out["x_e"].new_zeros(())
     values: dict[str, Tensor] = {}
     for term in active_terms(settings):
-        if "x_s" in term.sides(settings) and out.get("x_s") is None:
-            raise HcldError(f"the term {term.name!r} reads X_s, but the model has no speaker "
-                            "branch")
-        if term.module is not None and term.name not in modules:
-            raise HcldError(f"the term {term.name!r} trains a network of its own; pass it in "
-                            "modules (build_term_modules)")
-        module = modules[term.name] if term.name in modules else None  # a ModuleDict: no .get
-        got = term.compute(TermInputs(out, emotion, speaker, settings, module, progress))
+        loss, got = term_loss(term, out, emotion, speaker, settings, modules, progress)
         values.update(got)
-        total = total + settings[term.weight] * got[term.name]
-        for part in term.fitted:
-            total = total + got[part]
+        total = total + loss
     return total, values
+
+
+def term_loss(term: Term, out: Mapping[str, Tensor | None], emotion: Tensor, speaker: Tensor,
+              settings: Settings, modules: Mapping[str, nn.Module] | None = None,
+              progress: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """What one term adds to the loss, ``w_<name> * value`` plus the parts it fits with weight
+    1, and every value it logged (:func:`objective`'s summand; same arguments)."""
+    modules = modules or {}
+    if "x_s" in term.sides(settings) and out.get("x_s") is None:
+        raise HcldError(f"the term {term.name!r} reads X_s, but the model has no speaker "
+                        "branch")
+    if term.module is not None and term.name not in modules:
+        raise HcldError(f"the term {term.name!r} trains a network of its own; pass it in "
+                        "modules (build_term_modules)")
+    module = modules[term.name] if term.name in modules else None  # a ModuleDict: no .get
+    got = term.compute(TermInputs(out, emotion, speaker, settings, module, progress))
+    loss = settings[term.weight] * got[term.name]
+    for part in term.fitted:
+        loss = loss + got[part]
+    return loss, got
 
 
 def build_term_modules(settings: Settings, ctx: ModuleContext, seed: int) -> nn.ModuleDict:

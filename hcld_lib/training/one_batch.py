@@ -20,8 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hcld_lib.method.losses import speaker_emotion_pairs
-from hcld_lib.method.term import TermInputs
-from hcld_lib.method.terms import active_terms
+from hcld_lib.method.terms import active_terms, term_loss
 from hcld_lib.runtime import set_seed
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.fold import FoldData, prepare_fold
@@ -78,11 +77,7 @@ def one_batch(config: RunConfig, index: int = 0) -> OneBatch:
 
 
 def _parameter_groups(model: nn.Module, modules: nn.ModuleDict) -> dict[str, list[Tensor]]:
-    names = ("layers", "encoder", "emotion_layers", "emotion_encoder", "emotion_projection",
-             "emotion_head", "speaker_layers", "speaker_encoder", "speaker_projection",
-             "speaker_head")
-    groups = {n: list(getattr(model, n).parameters()) for n in names
-              if getattr(model, n, None) is not None}
+    groups = {n: list(m.parameters()) for n, m in model.named_children()}
     groups |= {f"{name} (its own network)": list(m.parameters()) for name, m in modules.items()}
     return {n: p for n, p in groups.items() if p}
 
@@ -98,10 +93,8 @@ def gradient_reach(batch: OneBatch) -> pd.DataFrame:
     params = [p for ps in groups.values() for p in ps]
     for term in active_terms(settings):
         out = batch.task.forward(batch.inputs)  # a fresh graph per term
-        module = batch.modules[term.name] if term.name in batch.modules else None
-        got = term.compute(TermInputs(out, batch.inputs["emotion"], batch.inputs["speaker"],
-                                      settings, module, 0.0))
-        value = settings[term.weight] * got[term.name] + sum(got[p] for p in term.fitted)
+        value, got = term_loss(term, out, batch.inputs["emotion"], batch.inputs["speaker"],
+                               settings, batch.modules)
         parts = {term.name: value} | {f"{term.name}: {p}": got[p] for p in term.parts}
         for row, scalar in parts.items():
             grads = torch.autograd.grad(scalar, params, allow_unused=True, retain_graph=True)
