@@ -288,24 +288,26 @@ class RunConfig(_TermFields):
         """The positives the batches must hold for the contrastive terms of this run."""
         return sampler_needs(self.settings())
 
-    def _relevant(self, name: str) -> bool:
-        """A term setting matters when an active term reads it; every other field does."""
-        return name not in SETTINGS or name in relevant_settings(self.settings())
+    def _unread(self) -> set[str]:
+        """The term settings no active term reads: the only fields that do not matter."""
+        return set(SETTINGS) - relevant_settings(self.settings())
 
     def departures(self) -> dict[str, Any]:
         """The settings in which this run departs from its variant (and which matter under its
         weights): a reading of an open point, a sweep value or an ablation."""
         defaults = RunConfig(variant=self.variant)
         fields = (*VARIANT_FIELDS, "branches", *SETTINGS)
+        unread = self._unread()
         return {k: getattr(self, k) for k in dict.fromkeys(fields)
-                if getattr(self, k) != getattr(defaults, k) and self._relevant(k)}
+                if getattr(self, k) != getattr(defaults, k) and k not in unread}
 
     def result_key(self) -> dict[str, Any]:
         """The settings that decide the result: not where it is written, on which device, how
         often it is checkpointed, nor a term setting that no active term reads. A finished run
         folder or a checkpoint holding another key is refused."""
         skip = {"out_dir", "device", "extra", "run_name", "checkpoint_every", "resident"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip and self._relevant(k)}
+        skip |= self._unread()
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def emotion_key(self) -> str:
         """A hash of the settings that decide X_e (and so every emotion result): two runs with
