@@ -206,10 +206,7 @@ def readings_by_budget(budgeted: pd.DataFrame, chosen: Sequence[Reading]) -> pd.
     return bd.by_budget(budgeted, lambda runs: readings_table(runs, chosen), share)
 
 
-def reading_stability_sentences(table: pd.DataFrame) -> list[str]:
-    """Per reading x architecture x comparison of a :func:`readings_by_budget` table: the
-    verdict at each budget, robust or not (:func:`budgets.stability_sentences
-    <hcld_lib.experiments.budgets.stability_sentences>`)."""
-    stable = bd.stability(table, ["reading", "arch", "comparison"])
-    return bd.stability_sentences(stable,
-                                  lambda r: f"{r['reading']}: {r['comparison']} ({r['arch']})")
+def reading_stability(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`budgets.stability <hcld_lib.experiments.budgets.stability>` of a
+    :func:`readings_by_budget` table, one row per reading x architecture x comparison."""
+    return bd.stability(table, ["reading", "arch", "comparison"])
