@@ -101,12 +101,12 @@ def _read_table(csv_path: Path) -> pd.DataFrame:
     for c in df.columns:
         df[c] = df[c].astype(str).str.strip()
 
-    for col in ("path", "speaker", "emotion") + (("session",) if "session" in df else ()):
+    for col in REQUIRED + (("session",) if "session" in df else ()):
         empty = df[col] == ""
         if empty.any():
             raise HcldError(
                 f"manifest {csv_path}: {int(empty.sum())} rows have an empty {col!r}:\n"
-                + _rows(df, empty, ["path", "speaker", "emotion"])
+                + _rows(df, empty, list(REQUIRED))
                 + f"\nfill in {col} or remove these rows"
             )
     return df
