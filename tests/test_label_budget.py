@@ -59,17 +59,20 @@ def test_label_budget_rejects_bad_arguments(cache_path, tmp_path):
         label_budget_experiment(base, spk, fractions=(0.0,), out_dir=tmp_path)
 
 
-def test_pretraining_trend_says_whether_the_loss_was_still_falling():
-    """8 epochs: the last 2 against the 2 before. 1.0 -> 0.8 is a 20 % fall, 0.50 -> 0.495 a
-    1 % fall: 10.5 % on average, still falling; the level curve alone has levelled off."""
-    import pandas as pd
+def test_pretraining_convergence_counts_the_encoders_at_their_plateau():
+    from hcld_lib.experiments.label_budget import pretraining_convergence
 
-    from hcld_lib.experiments.label_budget import pretraining_trend
+    def meta(converged, trained, kept, loss):
+        return {"converged": converged, "epochs_trained": trained, "best_epoch": kept,
+                "held_out_loss": loss, "held_out_chance": 3.7}
 
-    falling = pd.DataFrame({"loss": [1.2, 1.1, 1.0, 1.0, 1.0, 1.0, 0.8, 0.8]})
-    level = pd.DataFrame({"loss": [0.6, 0.55, 0.5, 0.5, 0.5, 0.5, 0.495, 0.495]})
-    text = pretraining_trend({"fold 0": falling, "fold 1": level})
-    assert "fold 0 +20.0 %, fold 1 +1.0 %; on average +10.5 %." in text
-    assert "had not levelled off" in text
-    assert "It had levelled off" in pretraining_trend({"fold 1": level})
-    assert "too short" in pretraining_trend({"fold 0": falling.iloc[:7]})
+    text = pretraining_convergence({"fold 0": meta(True, 12, 9, 3.4),
+                                    "fold 1": meta(True, 14, 11, 3.6)})
+    assert text.startswith("Pretraining reached the plateau of its held-out cluster loss in 2 "
+                           "of 2 encoders, after 12-14 epochs; the kept epochs (lowest held-out "
+                           "loss) were 9-11, with a held-out loss of 3.50 on average against "
+                           "3.70")
+    text = pretraining_convergence({"fold 0": meta(True, 12, 9, 3.4),
+                                    "fold 1": meta(False, 60, 60, 3.0)})
+    assert "in 1 of 2 encoders" in text and "not converged; raise pretrain_epochs" in text
+    assert "made before" in pretraining_convergence({"fold 0": {"epochs": 20}})

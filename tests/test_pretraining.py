@@ -159,14 +159,63 @@ def pretrained(cache_path, tmp_path_factory):
     return config, pseudo, result
 
 
-def test_pseudo_labels_cover_the_training_part_only(pretrained):
-    config, pseudo, _ = pretrained
-    train = fold_split(config)[2].train
-    assert np.all(pseudo[train] >= 0)
-    mask = np.ones(len(pseudo), bool)
-    mask[train] = False
-    assert np.all(pseudo[mask] == -1)  # validation and test utterances are never pretrained on
-    assert len(np.unique(pseudo[train])) <= 10 * 2  # 10 speakers x k=2
+def test_pseudo_labels_cover_the_training_and_validation_parts_not_the_test_part(pretrained):
+    config, pseudo, result = pretrained
+    fold = fold_split(config)[2]
+    seen = np.concatenate([fold.train, fold.val])
+    assert np.all(pseudo[seen] >= 0)
+    assert np.all(pseudo[fold.test] == -1)  # test utterances are never seen
+    assert len(np.unique(pseudo[seen])) <= 10 * 2  # 10 speakers x k=2
+    # it trains on the training part and only measures the validation part
+    assert result["meta"]["n_utterances"] == len(fold.train)
+    assert result["meta"]["n_held_out"] == len(fold.val)
+
+
+def test_held_out_cluster_loss_by_hand():
+    """Two held-out anchors against three training vectors (unit length), tau = 1.
+    Anchor 0 (speaker 0, cluster 0): contrast set = training rows 0, 1 (speaker 0), positive
+    row 0, so l_0 = -log(e^{z.t0} / (e^{z.t0} + e^{z.t1})) with z.t0 = 1, z.t1 = 0.
+    Anchor 1 (speaker 1, cluster 5): no training row in its cluster, left out. With other
+    speakers as negatives, row 2 (z.t2 = -1) joins anchor 0's contrast set."""
+    from hcld_lib.training.pretrain import held_out_cluster_loss
+
+    held = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    args = (held, train, [0, 1], [0, 0, 1], [0, 5], [0, 1, 2], 1.0)
+    e = np.e
+    assert held_out_cluster_loss(*args).item() == pytest.approx(-np.log(e / (e + 1)))
+    assert held_out_cluster_loss(*args, other_speakers_negative=True).item() == pytest.approx(
+        -np.log(e / (e + 1 + 1 / e)))
+    # nobody has a positive: 0, not NaN
+    assert held_out_cluster_loss(held, train, [0, 1], [0, 0, 1], [7, 5], [0, 1, 2],
+                                 1.0).item() == 0.0
+
+
+def test_pretraining_stops_at_the_held_out_plateau_and_keeps_its_lowest_epoch(
+        cache_path, tmp_path):
+    config = _config(cache_path, tmp_path, stop_at_plateau=True, patience=2, plateau_window=1,
+                     min_epochs=3, lr=1e-2)
+    emb, ids = _stand_in_embeddings(cache_path)
+    pseudo = fold_pseudo_labels(config, emb, ids, k=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pretrain_emotion_encoder(config, pseudo, tmp_path / "enc.pt", epochs=40)
+    h, meta = res["history"], res["meta"]
+    held = h["val_cluster_loss"].to_numpy()
+    assert np.all(np.isfinite(held))
+    # patience 2 on the raw held-out curve: it stops two epochs after its lowest point
+    assert meta["converged"] and meta["stop_reason"] == "plateau"
+    assert meta["epochs_trained"] == len(h) < 40
+    best = int(np.argmin(held)) + 1
+    assert meta["best_epoch"] == best and len(h) - best == 2
+    assert meta["held_out_loss"] == pytest.approx(held.min())
+    # the chance level: log of the contrast set's size (the anchor's speaker's training rows),
+    # over the held-out anchors that have a positive (a training row of their cluster)
+    fold = fold_split(config)[2]
+    speaker = fold_split(config)[1]["speaker"].to_numpy()
+    sizes = [np.sum(speaker[fold.train] == speaker[i]) for i in fold.val
+             if np.any(pseudo[fold.train] == pseudo[i])]
+    assert meta["held_out_chance"] == pytest.approx(np.mean(np.log(sizes)))
 
 
 def test_pretraining_lowers_its_loss(pretrained):

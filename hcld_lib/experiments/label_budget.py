@@ -48,8 +48,10 @@ def _pretrain_tag(config: RunConfig, embeddings: np.ndarray, k: int | None, epoc
     fields = {f: getattr(config, f) for f in (
         "features", "emotion_arch", "branches", "embed_dim", "hidden_dim", "n_layers", "n_heads",
         "dropout", "protocol", "n_folds", "fold", "val_fraction", "seed", "frame_stride",
-        "max_frames", "batch_size", "lr", "warmup_epochs", "weight_decay", "temperature")}
-    fields.update(k=k, epochs=epochs, speaker_ce=speaker_ce,
+        "max_frames", "batch_size", "lr", "warmup_epochs", "weight_decay", "temperature",
+        "stop_at_plateau", "patience", "plateau_window", "min_epochs")}
+    # rule 2: clustered with the validation part, stopped on its held-out cluster loss
+    fields.update(k=k, epochs=epochs, speaker_ce=speaker_ce, rule=2,
                   other_speakers_negative=other_speakers_negative,
                   embeddings=hashlib.sha1(np.ascontiguousarray(embeddings).tobytes()).hexdigest())
     return short_hash(fields)
@@ -143,7 +145,9 @@ def label_budget_experiment(
         conditions: a subset of :data:`CONDITIONS`.
         seeds: training seeds (``None``: ``base.seed``); each fold x seed pretrains once.
         k: clusters per speaker (``None`` = number of emotion classes).
-        pretrain_epochs: ``None`` = ``base.max_epochs``.
+        pretrain_epochs: the most epochs of pretraining (``None`` = ``base.max_epochs``); it
+            stops earlier at the plateau of its held-out cluster loss like a run at its
+            validation plateau (``base``'s rule; :mod:`hcld_lib.training.pretrain`).
         speaker_ce, other_speakers_negative: pretraining switches
             (:func:`hcld_lib.training.pretrain.pretrain_emotion_encoder`).
         engine, address: where the pretrainings and runs go (``experiments.grid.run_configs``).
@@ -256,9 +260,10 @@ def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
         "Test emotion WA / UA / F1, percent; mean and std over folds x seeds (std blank for one "
         "run).",
         f"Pseudo-labels: per-speaker k-means (k = {k or 'number of emotions'}) of "
-        f"{speaker_encoder} embeddings of each fold's whole training part; pretraining never "
-        "reads an emotion label.",
-        f"Pretraining: {pretrain_epochs or base.max_epochs} epochs, temperature "
+        f"{speaker_encoder} embeddings of each fold's training and validation parts; "
+        "pretraining trains on the first, never reads an emotion label, and stops on the cluster "
+        "loss of the second.",
+        f"Pretraining: {pretraining_length(base, pretrain_epochs)}, temperature "
         f"{base.temperature}, other speakers as negatives: {other_speakers_negative}, speaker "
         f"CE: {speaker_ce}. Fine-tuning: {fine_tuning_length(base)}, arch "
         f"{base.emotion_arch}; the labelled share is emotion-stratified and seeded (train_run).",
@@ -266,28 +271,45 @@ def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
     ]
 
 
-def pretraining_trend(histories: dict[str, pd.DataFrame], threshold: float = 2.0) -> str:
-    """Whether pretraining's loss had levelled off by its last epoch, in one sentence: the mean
-    loss of the last quarter of the epochs against the quarter before, per history and on
-    average over them (one fold's curve is too noisy to judge alone); still falling when the
-    average fall exceeds ``threshold`` percent. Pretraining has no labelled validation part, so
-    its length is a budget of its own."""
-    drops = {}
-    for name, hist in histories.items():
-        loss = hist["loss"].to_numpy(dtype=np.float64)
-        q = len(loss) // 4
-        if q < 2:
-            continue
-        last, before = loss[-q:].mean(), loss[-2 * q:-q].mean()
-        drops[name] = 100 * (before - last) / abs(before)
-    if not drops:
-        return ("Fewer than 8 pretraining epochs: too short to say whether the loss had "
-                "levelled off.")
-    mean = float(np.mean(list(drops.values())))
-    values = ", ".join(f"{n} {d:+.1f} %" for n, d in drops.items())
-    head = (f"Pretraining loss, mean of the last quarter of the epochs against the quarter "
-            f"before (a fall is positive): {values}; on average {mean:+.1f} %. ")
-    if mean > threshold:
-        return head + ("Pretraining had not levelled off: the verdicts below are those of this "
-                       "pretraining length (the pretrain_epochs knob sets it).")
-    return head + f"It had levelled off (an average fall of at most {threshold:g} %)."
+def pretraining_length(base: RunConfig, pretrain_epochs: int | None = None) -> str:
+    """How long pretraining trains, in words."""
+    most = base.max_epochs if pretrain_epochs is None else int(pretrain_epochs)
+    if base.stop_at_plateau:
+        return (f"until the plateau of its held-out cluster loss (patience {base.patience}, at "
+                f"least {min(base.min_epochs, most)} and at most {most} epochs), keeping the "
+                "epoch of the lowest held-out loss")
+    return f"{most} epochs, keeping the epoch of the lowest held-out cluster loss"
+
+
+def pretraining_convergence(records: dict[str, dict]) -> str:
+    """Whether pretraining converged, in one sentence, from the ``meta`` of each pretrained
+    encoder (``{name: meta}``, e.g. per fold; ``training.pretrain.pretraining_record``): how many
+    stopped at the plateau of their held-out cluster loss, after how many epochs, which epochs
+    were kept, and the held-out loss there against that of an encoder that tells no utterance
+    apart."""
+    if not records:
+        return "No pretrained encoder to judge."
+    metas = list(records.values())
+    if any("converged" not in m for m in metas):
+        return ("Some pretrained encoders were made before pretraining judged its length on a "
+                "held-out part; delete the pretrained/ folder of the runs and run the chapter "
+                "again.")
+    done = [m for m in metas if m["converged"]]
+    trained = [int(m["epochs_trained"]) for m in metas]
+    kept = [int(m["best_epoch"]) for m in metas]
+
+    def span(v: list[int]) -> str:
+        return f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}"
+
+    loss = np.mean([m["held_out_loss"] for m in metas if m.get("held_out_loss") is not None])
+    chance = np.mean([m["held_out_chance"] for m in metas
+                      if m.get("held_out_chance") is not None])
+    head = (f"Pretraining reached the plateau of its held-out cluster loss in {len(done)} of "
+            f"{len(metas)} encoders, after {span(trained)} epochs; the kept epochs (lowest "
+            f"held-out loss) were {span(kept)}, with a held-out loss of {loss:.2f} on average "
+            f"against {chance:.2f} for an encoder that tells no utterance apart.")
+    if len(done) < len(metas):
+        return head + (" The others stopped at their most epochs while the held-out loss was "
+                       "still falling: not converged; raise pretrain_epochs.")
+    return head + (" The training loss goes on falling after that, while the held-out loss "
+                   "rises: longer pretraining fits the training utterances' own clusters.")

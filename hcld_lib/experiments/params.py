@@ -76,8 +76,9 @@ class Profile:
     """Shorter training budgets (epochs) at which every comparison is also shown
     (:mod:`hcld_lib.experiments.budgets`); each must be at most the runs' ``min_epochs``, so that
     it is an exact prefix of every run."""
-    pretrain_epochs: int = 20
-    """Epochs of cluster pretraining (chapter 07), which has no validation part to stop on."""
+    pretrain_epochs: int = 60
+    """The most epochs of cluster pretraining (chapter 07); it stops earlier at the plateau of its
+    held-out cluster loss, by the profile's plateau rule."""
     pretrained: tuple[str, Any] | None = None
     """A second backbone (name, layer) on which chapter 04 repeats the headline comparisons
     beside the main one (``None``: none)."""
@@ -113,7 +114,7 @@ PROFILES: dict[str, Profile] = {
         threads=1,
         # every verdict also at 5 and 10 epochs: the first epochs of the same runs
         budgets=(5, 10),
-        pretrain_epochs=20,
+        pretrain_epochs=60,
         # a real pretrained encoder that installs from PyPI: Whisper tiny.en, its first layer
         # (the best of its layers for emotion here: the README)
         pretrained=("whisper-tiny.en", 1),
@@ -365,7 +366,7 @@ class Experiment:
 
     @property
     def pretrain_epochs(self) -> int:
-        """The profile's epochs of cluster pretraining (chapter 07)."""
+        """The profile's most epochs of cluster pretraining (chapter 07)."""
         return profile(self.profile).pretrain_epochs
 
     @property

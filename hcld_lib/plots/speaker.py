@@ -128,15 +128,23 @@ def plot_pretrain_loss(
     columns: Sequence[str] = ("loss_cluster", "loss_speaker_ce", "loss"),
     title: str | None = None,
     caption: str | None = None,
+    held_out: str = "val_cluster_loss",
+    kept: Mapping[str, int] | None = None,
 ) -> Figure:
-    """Pretraining loss per epoch, one line per history (e.g. per fold) and loss term.
+    """Pretraining loss per epoch, one line per history (e.g. per fold) and loss term: the
+    training terms on the left, the held-out cluster loss that decides the length on the right
+    (when the histories have it), with a dot at each history's kept epoch (``kept``).
 
     ``histories``: ``{label: DataFrame}`` with an ``epoch`` column and loss columns (the
     history of ``training.pretrain.pretrain_emotion_encoder``; ``loss`` is the total).
     """
     if not histories:
         raise HcldError("plot_pretrain_loss needs at least one history")
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    with_held = any(held_out in h.columns and h[held_out].notna().any()
+                    for h in histories.values())
+    fig, axes = plt.subplots(1, 2 if with_held else 1, figsize=(10 if with_held else 6, 3.8),
+                             squeeze=False)
+    ax = axes[0, 0]
     styles = {"loss_cluster": "-", "loss_speaker_ce": "--", "loss": ":"}
     for i, (label, h) in enumerate(histories.items()):
         color = plt.cm.tab10(i % 10)
@@ -147,8 +155,20 @@ def plot_pretrain_loss(
             if col in h.columns and h[col].notna().any():
                 ax.plot(h["epoch"], h[col], styles.get(col, "-"), marker=".", color=color,
                         label=f"{label}: {col.removeprefix('loss_') if col != 'loss' else 'total'}")
+        if with_held and held_out in h.columns:
+            axes[0, 1].plot(h["epoch"], h[held_out], "-", marker=".", color=color, label=label)
+            if kept and label in kept:
+                at = h[h["epoch"] == kept[label]]
+                axes[0, 1].plot(at["epoch"], at[held_out], "o", ms=9, mfc="none", color=color)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (mean over batches)")
+    ax.set_ylabel("training loss (mean over batches)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    if with_held:
+        held = axes[0, 1]
+        held.set_xlabel("epoch")
+        held.set_ylabel("held-out cluster loss (validation part)")
+        held.set_title("what decides the length (circle: the kept epoch)", fontsize=9)
+        held.grid(alpha=0.3)
+        held.legend(fontsize=7)
     return finish_figure(fig, title or "Cluster-based contrastive pretraining", caption)

@@ -5,21 +5,32 @@ embeddings hide emotion as intra-speaker clusters (:mod:`hcld_lib.analysis.clust
 clusters can stand in for the emotion labels one does not have. Only that paper's abstract is
 available to us; every choice below is a documented parameter.
 
-**Pseudo-labels** (:func:`fold_pseudo_labels`). Embed the fold's training utterances with a
-pretrained speaker encoder (:mod:`hcld_lib.features.speaker_encoders`), run k-means within each
-speaker (k = the number of emotion classes by default), and label every utterance with its
-(speaker, cluster) pair. No emotion label is read.
+**Pseudo-labels** (:func:`fold_pseudo_labels`). Embed the fold's training and validation
+utterances with a pretrained speaker encoder (:mod:`hcld_lib.features.speaker_encoders`), run
+k-means within each speaker (k = the number of emotion classes by default), and label every
+utterance with its (speaker, cluster) pair. No emotion label is read; the test part is never
+seen.
 
 **Pretraining** (:func:`pretrain_emotion_encoder`): the emotion path of the run's own model
 (``DualBranchModel(...).emotion_path()``: the layer mix and the encoder, or with shared branches
 the encoder and the emotion projection) is trained by :func:`hcld_lib.training.fit.fit` on the
-fold's *whole* training part (the validation and test parts are never seen) with
-:func:`hcld_lib.method.losses.cluster_contrastive_loss`, optionally multi-task with speaker
-classification, ``L = L_cluster + w_spk CE(W X_e, speaker)`` (``speaker_ce=True``). Batches
-come from :class:`hcld_lib.method.sampler.ContrastiveBatchSampler` given the pseudo-labels in
-place of the emotions (every anchor has a positive and a same-speaker negative). The saved file
-holds the emotion path's state; fine-tuning is
+fold's *whole* training part with :func:`hcld_lib.method.losses.cluster_contrastive_loss`,
+optionally multi-task with speaker classification, ``L = L_cluster + w_spk CE(W X_e, speaker)``
+(``speaker_ce=True``). Batches come from :class:`hcld_lib.method.sampler.ContrastiveBatchSampler`
+given the pseudo-labels in place of the emotions (every anchor has a positive and a same-speaker
+negative). The saved file holds the emotion path's state; fine-tuning is
 ``train_run(config.replace(init_emotion_encoder=path))``.
+
+**How long** (:func:`held_out_cluster_loss`). The training loss of a contrastive objective keeps
+falling as the encoder memorises its own utterances, so it says nothing about convergence. After
+every epoch the validation utterances (held out of pretraining, labelled only by their cluster)
+are embedded and scored against the whole training part: the cluster loss of each held-out
+anchor, whose positives are the training utterances of its speaker and cluster and whose
+contrast set is its speaker's training utterances (the full sets: no batch sampling noise). The
+run's plateau rule (``patience``, ``plateau_window``, ``min_epochs``, ``stop_at_plateau``;
+:mod:`hcld_lib.training.stopping`) reads that curve, ``epochs`` is the most it trains, and the
+epoch with the lowest held-out loss is kept. Without a validation part the run trains all its
+epochs and keeps the last (and is not called converged).
 """
 
 from __future__ import annotations
@@ -43,17 +54,23 @@ from hcld_lib.features.cache import FeatureCache
 from hcld_lib.features.normalizer import FeatureNormalizer
 from hcld_lib.features.resident import FoldFeatures, fold_features
 from hcld_lib.io import HcldError, atomic_torch_save, atomic_write_json, read_json
-from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs
+from hcld_lib.method.losses import cluster_contrastive_loss, cluster_pairs, masked_contrastive_loss
 from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
 from hcld_lib.training.fit import Batches, FitResult, fit
 from hcld_lib.training.fold import fold_split
+from hcld_lib.training.run import stopping_settings, training_length
+from hcld_lib.training.stopping import should_stop
 
 PRETRAIN_TERMS: tuple[str, ...] = ("cluster", "speaker_ce", "with_positive")
 """Logged per epoch as ``loss_<term>``; ``with_positive`` is the share of a batch's anchors that
 had a positive (not a loss)."""
+
+HELD_OUT = "val_cluster_loss"
+"""The history column of :func:`held_out_cluster_loss` (lower is better), which the plateau rule
+and the selection of the kept epoch read."""
 
 
 def fold_pseudo_labels(
@@ -63,37 +80,40 @@ def fold_pseudo_labels(
     k: int | None = None,
     seed: int | None = None,
 ) -> np.ndarray:
-    """(speaker, intra-speaker cluster) pseudo-labels of the fold's training part.
+    """(speaker, intra-speaker cluster) pseudo-labels of the fold's training and validation
+    parts (clustered together within each speaker; pretraining trains on the first and judges its
+    length on the second).
 
     Args:
         config: gives the feature cache (its table) and the fold.
         embeddings: ``[M, D]`` speaker embeddings, rows named by ``ids`` (may cover more
-            utterances than the fold's training part).
+            utterances than the fold's training and validation parts).
         ids: ``[M]`` utterance ids of ``embeddings``.
         k: clusters per speaker; ``None`` = the number of emotion classes of the corpus (a count
             of classes; no utterance's emotion is read).
         seed: k-means seed (``None`` = ``config.seed``).
     Returns:
-        ``[N]`` int64 over the cache's table rows: labels ``>= 0`` on the fold's training part,
-        ``-1`` elsewhere.
+        ``[N]`` int64 over the cache's table rows: labels ``>= 0`` on the fold's training and
+        validation parts, ``-1`` on its test part.
     """
     _, table, fold, _ = fold_split(config)
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(ids):
         raise HcldError(f"{len(embeddings)} embeddings but {len(ids)} ids; pass one id per row")
     where = {str(u): i for i, u in enumerate(ids)}
-    train_ids = table["utterance_id"].astype(str).to_numpy()[fold.train]
-    missing = [u for u in train_ids if u not in where]
+    seen = np.concatenate([fold.train, fold.val])
+    seen_ids = table["utterance_id"].astype(str).to_numpy()[seen]
+    missing = [u for u in seen_ids if u not in where]
     if missing:
         raise HcldError(
-            f"{len(missing)} training utterances (e.g. {missing[:3]}) have no speaker embedding; "
-            "embed the same table the feature cache was made from"
+            f"{len(missing)} training or validation utterances (e.g. {missing[:3]}) have no "
+            "speaker embedding; embed the same table the feature cache was made from"
         )
     k = len(emotion_order(table["emotion"])) if k is None else int(k)
-    x = embeddings[[where[u] for u in train_ids]]
-    speaker = table["speaker"].astype(str).to_numpy()[fold.train]
+    x = embeddings[[where[u] for u in seen_ids]]
+    speaker = table["speaker"].astype(str).to_numpy()[seen]
     labels = np.full(len(table), -1, dtype=np.int64)
-    labels[fold.train] = cluster_pseudo_labels(
+    labels[seen] = cluster_pseudo_labels(
         x, speaker, k, seed=config.seed if seed is None else int(seed)
     )
     return labels
@@ -126,6 +146,14 @@ class _PseudoLabelled:
     device: torch.device
     features: FoldFeatures
     """Position m = table row ``rows[m]``, normalised with the statistics of ``rows``."""
+    held_rows: np.ndarray
+    """[V] table rows of the fold's validation part that carry a pseudo-label (may be empty)."""
+    held_pseudo: np.ndarray
+    """[V] their pseudo-labels."""
+    held_speaker: np.ndarray
+    """[V] each held-out row's index in ``speaker_names`` (-1: a speaker pretraining never saw)."""
+    held_features: FoldFeatures | None
+    """The held-out rows, normalised like ``features``; ``None`` when there are none."""
 
 
 def _pseudo_labelled(config: RunConfig, pseudo_labels: np.ndarray) -> _PseudoLabelled:
@@ -149,13 +177,20 @@ def _pseudo_labelled(config: RunConfig, pseudo_labels: np.ndarray) -> _PseudoLab
     set_seed(config.seed)
     device = resolve_device(config.device)
     pseudo = pseudo_labels[rows].astype(np.int64)
-    speaker_names, spk = np.unique(table["speaker"].astype(str).to_numpy()[rows],
-                                   return_inverse=True)
+    speakers = table["speaker"].astype(str).to_numpy()
+    speaker_names, spk = np.unique(speakers[rows], return_inverse=True)
     normalizer = FeatureNormalizer().fit(cache, cache_row[rows])
     features = fold_features(cache, cache_row[rows], normalizer, config.frame_stride,
                              config.max_frames, device, config.resident)
+    held = fold.val[pseudo_labels[fold.val] >= 0]
+    index = {name: i for i, name in enumerate(speaker_names)}
+    held_speaker = np.array([index.get(name, -1) for name in speakers[held]], dtype=np.int64)
+    held_features = (fold_features(cache, cache_row[held], normalizer, config.frame_stride,
+                                   config.max_frames, device, config.resident)
+                     if len(held) else None)
     return _PseudoLabelled(cache, table, rows, pseudo, speaker_names, spk.astype(np.int64),
-                           device, features)
+                           device, features, held, pseudo_labels[held].astype(np.int64),
+                           held_speaker, held_features)
 
 
 def _cluster_sampler(config: RunConfig, data: _PseudoLabelled) -> ContrastiveBatchSampler:
@@ -195,6 +230,53 @@ def _emotion_path_module(config: RunConfig, data: _PseudoLabelled, speaker_ce: b
     return model, nn.ModuleDict(parts).to(data.device)
 
 
+def held_out_cluster_loss(
+    z_held: torch.Tensor,
+    z_train: torch.Tensor,
+    speaker_held: torch.Tensor | np.ndarray,
+    speaker_train: torch.Tensor | np.ndarray,
+    cluster_held: torch.Tensor | np.ndarray,
+    cluster_train: torch.Tensor | np.ndarray,
+    temperature: float,
+    other_speakers_negative: bool = False,
+) -> torch.Tensor:
+    """The cluster loss of held-out anchors against the training utterances (module docstring)::
+
+        P(i) = {p in train : s_p = s_i and c_p = c_i},   A(i) = {a in train : s_a = s_i}
+               (every training utterance when other_speakers_negative)
+        L = 1/|I| sum_{i in I} -1/|P(i)| sum_{p in P(i)} log softmax_{a in A(i)}(z_i.z_a / tau)[p]
+
+    over the held-out anchors ``I`` with at least one positive (L2-normalised embeddings).
+
+    Args:
+        z_held, z_train: ``[V, E]`` and ``[M, E]`` embeddings.
+        speaker_held, speaker_train, cluster_held, cluster_train: their speakers and clusters (a
+            speaker index < 0 matches no training speaker).
+        temperature: ``tau``. other_speakers_negative: contrast against every training utterance.
+    Returns: scalar tensor (0 when no held-out anchor has a positive).
+    """
+    s_h = torch.as_tensor(speaker_held, device=z_held.device)
+    s_t = torch.as_tensor(speaker_train, device=z_held.device)
+    c_h = torch.as_tensor(cluster_held, device=z_held.device)
+    c_t = torch.as_tensor(cluster_train, device=z_held.device)
+    same_spk = s_h[:, None] == s_t[None, :]
+    pos = same_spk & (c_h[:, None] == c_t[None, :])
+    valid = torch.ones_like(pos) if other_speakers_negative else same_spk
+    return masked_contrastive_loss(z_held, z_train, pos, valid, temperature)
+
+
+def held_out_chance(data: _PseudoLabelled, other_speakers_negative: bool) -> float | None:
+    """:func:`held_out_cluster_loss` of an encoder that tells no utterance apart (every
+    similarity equal): the mean of ``log |A(i)|`` over the held-out anchors with a positive;
+    ``None`` without such anchors."""
+    same_spk = data.held_speaker[:, None] == data.speaker[None, :]
+    pos = same_spk & (data.held_pseudo[:, None] == data.pseudo[None, :])
+    size = (np.full(len(data.held_rows), len(data.rows)) if other_speakers_negative
+            else same_spk.sum(axis=1))
+    anchors = pos.any(axis=1)
+    return float(np.log(size[anchors]).mean()) if anchors.any() else None
+
+
 def _cluster_task(
     model: DualBranchModel,
     module: nn.ModuleDict,
@@ -204,9 +286,12 @@ def _cluster_task(
     other_speakers_negative: bool,
     speaker_ce: bool,
     w_speaker: float,
-) -> tuple[Callable[[int], Batches], Callable[..., Any], Callable[..., Any]]:
-    """:func:`fit`'s ``batches``, ``forward`` and ``loss``:
-    ``L = L_cluster + w_spk CE(W X_e, speaker)``, the second term with ``speaker_ce``."""
+    batch_size: int,
+) -> tuple[Callable[[int], Batches], Callable[..., Any], Callable[..., Any],
+           Callable[[int], Any]]:
+    """:func:`fit`'s ``batches``, ``forward``, ``loss`` and ``evaluate``:
+    ``L = L_cluster + w_spk CE(W X_e, speaker)``, the second term with ``speaker_ce``; the
+    evaluation is :func:`held_out_cluster_loss` of the validation rows (none without them)."""
     # the pseudo-labels stand in for the emotions: emotion labels stay hidden
     cluster_t = torch.as_tensor(data.pseudo, device=data.device)
     speaker_t = torch.as_tensor(data.speaker, device=data.device)
@@ -235,7 +320,20 @@ def _cluster_task(
             total = total + w_speaker * terms["speaker_ce"]
         return total, terms
 
-    return batches, forward, loss
+    def embed(features: FoldFeatures) -> torch.Tensor:
+        step = max(1, batch_size)
+        return torch.cat([model(*features.gather(np.arange(i, min(i + step, len(features)))))["x_e"]
+                          for i in range(0, len(features), step)])
+
+    def evaluate(epoch: int) -> tuple[dict[str, float], float | None, None]:
+        if data.held_features is None:
+            return {}, None, None
+        value = float(held_out_cluster_loss(
+            embed(data.held_features), embed(data.features), data.held_speaker, data.speaker,
+            data.held_pseudo, data.pseudo, tau, other_speakers_negative))
+        return {HELD_OUT: value}, -value, None
+
+    return batches, forward, loss, evaluate
 
 
 def _pretrain_meta(config: RunConfig, data: _PseudoLabelled, epochs: int, tau: float,
@@ -251,7 +349,8 @@ def _pretrain_meta(config: RunConfig, data: _PseudoLabelled, epochs: int, tau: f
         "epochs": epochs, "batch_size": config.batch_size, "lr": config.lr, "temperature": tau,
         "speaker_ce": bool(speaker_ce), "w_speaker": w_speaker,
         "other_speakers_negative": bool(other_speakers_negative),
-        "n_utterances": int(len(data.rows)), "n_pseudo_labels": int(len(np.unique(data.pseudo))),
+        "n_utterances": int(len(data.rows)), "n_held_out": int(len(data.held_rows)),
+        "n_pseudo_labels": int(len(np.unique(data.pseudo))),
         "n_speakers": int(len(data.speaker_names)),
     }
 
@@ -296,15 +395,18 @@ def pretrain_emotion_encoder(
         out_path: the file the emotion path's state goes to (atomically, last);
             ``<out_path>.json`` gets the history and settings first, ``<out_path>.ckpt`` is the
             resumable checkpoint while it trains. An existing ``out_path`` is not trained again.
-        epochs: pretraining epochs (``None`` = ``config.max_epochs``): a fixed number, since
-            pretraining has no labelled validation part to stop on.
+        epochs: the most epochs pretraining trains (``None`` = ``config.max_epochs``); with
+            ``config.stop_at_plateau`` it stops earlier at the plateau of the held-out cluster
+            loss (module docstring).
         speaker_ce: add speaker classification (a linear head on X_e) with weight ``w_speaker``.
         temperature: ``tau`` (``None`` = ``config.temperature``).
         other_speakers_negative: other speakers' utterances are negatives too.
         verbose: print one line per epoch.
     Returns:
         ``dict(path=Path, history=DataFrame (epoch, lr, loss, loss_cluster, loss_speaker_ce,
-        loss_with_positive, seconds), skipped=bool, meta=dict)``.
+        loss_with_positive, val_cluster_loss, seconds), skipped=bool, meta=dict)``; ``meta`` has
+        the settings and how long it trained (``epochs_trained, stop_reason, plateau_epoch,
+        converged, best_epoch``).
     """
     out_path = Path(out_path)
     side = history_file(out_path)
@@ -320,33 +422,53 @@ def pretrain_emotion_encoder(
     data = _pseudo_labelled(config, pseudo_labels)
     sampler = _cluster_sampler(config, data)
     model, module = _emotion_path_module(config, data, speaker_ce)
-    batches, forward, loss = _cluster_task(model, module, data, sampler, tau,
-                                           other_speakers_negative, speaker_ce, w_speaker)
+    batches, forward, loss, evaluate = _cluster_task(
+        model, module, data, sampler, tau, other_speakers_negative, speaker_ce, w_speaker,
+        config.batch_size)
 
     def report(row: dict[str, Any]) -> None:
         if verbose:
+            held = f"  held-out {row[HELD_OUT]:.4f}" if HELD_OUT in row else ""
             print(f"[pretrain fold {config.fold}] ep {row['epoch']}/{epochs} "
-                  f"cluster {row['loss_cluster']:.4f} total {row['loss']:.4f}", flush=True)
+                  f"cluster {row['loss_cluster']:.4f} total {row['loss']:.4f}{held}", flush=True)
 
     meta = _pretrain_meta(config, data, epochs, tau, speaker_ce, w_speaker,
                           other_speakers_negative)
+    rule = {**stopping_settings(config.replace(max_epochs=epochs)), "score": HELD_OUT,
+            "lower_is_better": True}
+    if data.held_features is None:
+        rule["stop_at_plateau"] = False
     result = fit(
         module, batches, forward, loss, epochs=epochs, lr=config.lr,
         warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
-        terms=PRETRAIN_TERMS, checkpoint=_checkpoint_file(out_path),
+        terms=PRETRAIN_TERMS, evaluate=evaluate, checkpoint=_checkpoint_file(out_path),
         checkpoint_every=config.checkpoint_every,
-        identity={**meta, "pseudo_labels": data.pseudo.tolist()}, on_epoch_end=report,
+        identity={**meta, "pseudo_labels": data.pseudo.tolist(),
+                  "held_out": data.held_pseudo.tolist()},
+        on_epoch_end=report, stop=lambda history: should_stop(history, **rule),
         device=data.device, amp=config.amp,
     )
     module.load_state_dict(result.best_state)
+    meta.update(training_length(config, result.history, result.stopped_early, HELD_OUT,
+                                lower_is_better=True),
+                best_epoch=result.best_epoch,
+                held_out_loss=result.history[result.best_epoch - 1].get(HELD_OUT),
+                held_out_chance=held_out_chance(data, other_speakers_negative))
+    if data.held_features is None:
+        meta.update(plateau_epoch=None, converged=False)
     return _save_pretrained(out_path, model, meta, result)
+
+
+def pretraining_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What is recorded beside a pretrained file (``<path>.json``): ``{"meta": settings and
+    how long it trained, "history": one row per epoch}``."""
+    side = history_file(Path(path))
+    if not side.is_file():
+        raise HcldError(f"{side} does not exist: pretrain with pretrain_emotion_encoder first")
+    return read_json(side, what="a pretrained encoder's history", keys=("history", "meta"),
+                     remedy=f"delete {side} and the encoder beside it and pretrain again")
 
 
 def pretraining_history(path: str | os.PathLike) -> pd.DataFrame:
     """The per-epoch history recorded beside a pretrained file (``<path>.json``)."""
-    side = history_file(Path(path))
-    if not side.is_file():
-        raise HcldError(f"{side} does not exist: pretrain with pretrain_emotion_encoder first")
-    record = read_json(side, what="a pretrained encoder's history", keys=("history",),
-                       remedy=f"delete {side} and the encoder beside it and pretrain again")
-    return pd.DataFrame(record["history"])
+    return pd.DataFrame(pretraining_record(path)["history"])

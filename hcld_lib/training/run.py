@@ -58,7 +58,7 @@ from hcld_lib.training.evaluate import EVAL_BATCH, SPLITS, flat_metrics, predict
 from hcld_lib.training.fit import Batches, FitResult, fit
 from hcld_lib.training.fold import FoldData, prepare_fold
 from hcld_lib.training.log import RunLog
-from hcld_lib.training.stopping import SCORE, plateau_epoch, should_stop
+from hcld_lib.training.stopping import SCORE, plateau_epoch, scores, should_stop
 
 _REDO = "delete the run folder (or `make clean-runs`) and train the run again"
 _WRITABLE: set[str] = set()  # runs folders this process has found writable
@@ -150,12 +150,12 @@ def stopping_settings(config: RunConfig) -> dict[str, Any]:
                 min_epochs=config.min_epochs)
 
 
-def training_length(config: RunConfig, history: list[dict[str, Any]], stopped_early: bool
-                    ) -> dict[str, Any]:
+def training_length(config: RunConfig, history: list[dict[str, Any]], stopped_early: bool,
+                    score: str = SCORE, lower_is_better: bool = False) -> dict[str, Any]:
     """How long the run trained and why it stopped: ``epochs_trained``, ``stop_reason``
     (``"plateau"`` or ``"max_epochs"``), ``plateau_epoch`` (the first epoch at which the plateau
-    rule held, ``None`` if it never did) and ``converged`` (it did)."""
-    plateau = plateau_epoch([row.get(SCORE, math.nan) for row in history], config.patience,
+    rule held on the column ``score``, ``None`` if it never did) and ``converged`` (it did)."""
+    plateau = plateau_epoch(scores(history, score, lower_is_better), config.patience,
                             config.plateau_window)
     return {"epochs_trained": len(history),
             "stop_reason": "plateau" if stopped_early else "max_epochs",

@@ -63,15 +63,26 @@ def plateau_epoch(values: Sequence[float], patience: int, window: int,
     return None
 
 
+def scores(history: Sequence[Mapping[str, Any]], score: str = SCORE,
+           lower_is_better: bool = False) -> list[float]:
+    """The column ``score`` of ``history`` (NaN where missing), negated when lower is better, so
+    that the plateau rule and the selection always read a higher-is-better curve."""
+    sign = -1.0 if lower_is_better else 1.0
+    return [sign * float(row.get(score, np.nan)) for row in history]
+
+
 def should_stop(history: Sequence[Mapping[str, Any]], *, max_epochs: int, stop_at_plateau: bool,
-                patience: int, window: int, min_epochs: int) -> bool:
-    """Whether a run with ``history`` (one row per epoch done) trains no further epoch."""
+                patience: int, window: int, min_epochs: int, score: str = SCORE,
+                lower_is_better: bool = False) -> bool:
+    """Whether a run with ``history`` (one row per epoch done) trains no further epoch; the
+    plateau rule reads the column ``score`` (cluster pretraining: its held-out loss, lower is
+    better)."""
     done = len(history)
     if done >= max_epochs:
         return True
     if not stop_at_plateau or done < min(min_epochs, max_epochs):
         return False
-    return plateau_epoch([row.get(SCORE, np.nan) for row in history], patience, window) is not None
+    return plateau_epoch(scores(history, score, lower_is_better), patience, window) is not None
 
 
 def selected_epoch(values: Sequence[float]) -> int:
