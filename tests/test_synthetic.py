@@ -115,6 +115,18 @@ def test_same_seed_identical_bytes(corpus: tuple[Path, pd.DataFrame], tmp_path: 
     assert _tree_hash(other)[first] != _tree_hash(out)[first]
 
 
+def test_rendering_processes_do_not_change_the_bytes(corpus: tuple[Path, pd.DataFrame],
+                                                      tmp_path: Path) -> None:
+    out, _ = corpus
+    for workers in (1, 3):
+        again = tmp_path / f"workers{workers}"
+        synthesize_corpus(again, n_utterances=N_SMALL, seed=3, workers=workers)
+        assert _tree_hash(again) == _tree_hash(out)
+    with pytest.raises(HcldError, match="workers=0"):
+        synthesize_corpus(tmp_path / "none", n_utterances=N_SMALL, seed=3, workers=0)
+    assert not (tmp_path / "none").exists()  # refused before anything is written
+
+
 def test_complete_corpus_is_returned_without_regenerating(
     corpus: tuple[Path, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,8 @@ utterance) and, last, ``corpus.json`` (the parameters; its presence marks a comp
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,7 @@ def synthesize_corpus(
     min_seconds: float = 1.5,
     max_seconds: float = 4.0,
     progress: bool = False,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Write the synthetic emotional-speech corpus to ``out_dir`` and return its utterance table.
 
@@ -150,6 +153,9 @@ def synthesize_corpus(
         n_sessions: sessions "Session1".."SessionN", one F and one M speaker each.
         sample_rate, min_seconds, max_seconds: audio format and utterance length range.
         progress: show a progress bar.
+        workers: processes that render the audio (``None``: one per core when there are more
+            than :data:`_PARALLEL_FROM` files to write, else 1). Every file depends only on the
+            seed and its utterance, so the bytes are the same for any number.
 
     Returns:
         The utterance table, read back by :func:`hcld_lib.data.load_manifest` from the manifest.
@@ -160,6 +166,9 @@ def synthesize_corpus(
     """
     _check_params(n_utterances, emotion_strength, confounding, n_sessions, min_seconds,
                   max_seconds, sample_rate)
+    if workers is not None and workers < 1:
+        raise HcldError(f"workers={workers}: need at least one process to render the audio "
+                        "(None: one per core)")
     out = Path(out_dir).expanduser().absolute()
     params = dict(
         generator="hcld_lib.synthetic", version=GENERATOR_VERSION, n_utterances=int(n_utterances),
@@ -173,7 +182,7 @@ def synthesize_corpus(
     _claim_folder(out, params)
     plan = plan_corpus(n_utterances, seed, emotion_strength, confounding, n_sessions,
                        min_seconds, max_seconds)
-    _render_wavs(out, plan, seed, n_sessions, sample_rate, progress)
+    _render_wavs(out, plan, seed, n_sessions, sample_rate, progress, workers)
     _write_tables(out, plan)
     atomic_write_json(done, params)
     (out / _PARTIAL).unlink(missing_ok=True)
@@ -211,26 +220,48 @@ def _claim_folder(out: Path, params: dict[str, Any]) -> None:
     atomic_write_json(partial, params)
 
 
+_PARALLEL_FROM = 64
+"""More files than this to render: one process per core by default (each forks in a few ms)."""
+
+
+def _render_one(job: tuple[dict[str, Any], str, int, int, int]) -> None:
+    """Render and write one utterance (a process pool's task): ``(record, path, seed, voice
+    index, sample rate)``."""
+    rec, path, seed, voice, sample_rate = job
+    number = int(rec["utterance_id"].rsplit("_", 1)[1])
+    rng = seeded_rng(seed, 4, voice, number)
+    atomic_write_bytes(Path(path), wav_bytes(render_utterance(rec, sample_rate, rng), sample_rate))
+
+
 def _render_wavs(out: Path, plan: pd.DataFrame, seed: int, n_sessions: int, sample_rate: int,
-                 progress: bool) -> None:
+                 progress: bool, workers: int | None = None) -> None:
     """Write ``wav/<utterance_id>.wav`` for every row of ``plan`` that has no file yet.
 
     Utterance ``<speaker>_syn_<j>`` of the s-th speaker is rendered with
-    ``seeded_rng(seed, 4, s, j)``, so a file does not depend on which others were already there.
+    ``seeded_rng(seed, 4, s, j)``, so a file does not depend on which others were already there,
+    nor on which process rendered it.
     """
     wav_dir = out / "wav"
     wav_dir.mkdir(exist_ok=True)
     voices = {v.speaker: i for i, v in enumerate(make_speakers(n_sessions, seed))}
     records = plan.to_dict("records")
+    # files are written atomically: an existing one is complete
+    jobs = [(rec, str(wav_dir / f"{rec['utterance_id']}.wav"), int(seed), voices[rec["speaker"]],
+             int(sample_rate)) for rec in records
+            if not (wav_dir / f"{rec['utterance_id']}.wav").exists()]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) > _PARALLEL_FROM else 1
     bar = progress_bar(total=len(records), desc="synthesizing", unit="utt", enabled=progress)
-    for rec in records:
-        path = wav_dir / f"{rec['utterance_id']}.wav"
-        if not path.exists():  # files are written atomically: an existing one is complete
-            number = int(rec["utterance_id"].rsplit("_", 1)[1])
-            rng = seeded_rng(seed, 4, voices[rec["speaker"]], number)
-            atomic_write_bytes(path, wav_bytes(render_utterance(rec, sample_rate, rng),
-                                               sample_rate))
-        bar.update(1)
+    bar.update(len(records) - len(jobs))
+    if workers == 1 or len(jobs) < 2:
+        for job in jobs:
+            _render_one(job)
+            bar.update(1)
+    else:
+        # fork: the children need nothing but this module, already imported
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            for _ in pool.imap_unordered(_render_one, jobs, chunksize=8):
+                bar.update(1)
     bar.close()
 
 
