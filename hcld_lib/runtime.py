@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,20 @@ def set_seed(seed: int) -> None:
     # torch.use_deterministic_algorithms(True, warn_only=True) without its first step, which
     # imports the compiler (two seconds in every new process) to set a flag of compiled code
     torch.set_deterministic_debug_mode("warn")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` (``None``: one per core) inside the block, and put
+    back after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(os.cpu_count() or 1) if n is None else int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cache_home() -> Path:

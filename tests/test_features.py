@@ -641,6 +641,37 @@ def test_plugged_in_backbone_goes_through_the_cache_and_trains(tmp_path):
     assert (config.run_dir / "metrics.json").is_file()
 
 
+class CountingFbank(ProjectedFbank):
+    """ProjectedFbank that counts the waveforms it encodes and takes its time over them."""
+
+    encoded = 0
+
+    def forward(self, waves, layers):
+        import time
+
+        CountingFbank.encoded += len(waves)
+        time.sleep(0.01)
+        return super().forward(waves, layers)
+
+
+def test_two_extractions_of_one_cache_at_once_encode_it_once(tmp_path):
+    """Two chapters of a batch asking for the same cache at the same time: one extracts under
+    the cache's lock, the other waits and reads the finished cache."""
+    import concurrent.futures
+
+    from hcld_lib.data.synthetic import synthesize_corpus
+
+    table = synthesize_corpus(tmp_path / "corpus", n_utterances=40, seed=0)
+    CountingFbank.encoded = 0
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(lambda _: extract_features(table, CountingFbank(0), tmp_path / "c",
+                                                          max_seconds=2.0, batch_size=4,
+                                                          progress=False), range(2)))
+    assert CountingFbank.encoded == 40
+    assert caches[0].path == caches[1].path
+    np.testing.assert_array_equal(caches[0].array, caches[1].array)
+
+
 def test_entry_point_backbone_is_found_by_name(tmp_path, monkeypatch):
     """A package that declares ``[project.entry-points."hcld.backbones"]`` (here a distribution
     written on sys.path, as pip would install it)."""

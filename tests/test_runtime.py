@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from hcld_lib import runtime
@@ -37,3 +39,18 @@ def test_the_cache_home_follows_its_variables(monkeypatch, tmp_path):
     monkeypatch.delenv("HCLD_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert runtime.cache_home() == tmp_path / "xdg" / "hcld"
+
+
+def test_torch_threads_sets_and_puts_back_even_on_an_error():
+    import torch
+
+    from hcld_lib.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(None):
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
