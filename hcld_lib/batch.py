@@ -12,10 +12,12 @@ the batch with its name and the path of the executed copy, where the traceback i
 
 Order: a notebook declares the chapters it reads from in its metadata (``"hcld": {"needs":
 ["04"], "trains": true}``); the batch runs a notebook once those have finished, up to ``--jobs``
-at a time (default 3), those that train first, so that the single-threaded work of the others
-(plots, UMAP, speaker embeddings) fills the gaps of the training. With the Ray engine and no
-``--ray-address``, the batch starts one local Ray (one worker per core) while the first chapters
-run, which every notebook's grid then shares; it is stopped at the end.
+at a time (default 4), those that train first, so that the single-threaded work of the others
+(plots, UMAP, speaker embeddings) fills the gaps of the training. The chapters that train need
+only the corpus (01): the feature caches they read are made by whichever chapter asks first
+(chapter 02, as a rule), under the cache's lock, while the others wait and read them. With the
+Ray engine and no ``--ray-address``, the batch starts one local Ray (one worker per core) while
+the first chapters run, which every notebook's grid then shares; it is stopped at the end.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def run_batch(
     timeout: int = 3600,
     kernel: str = KERNEL,
     threads: int | None = None,
-    jobs: int = 3,
+    jobs: int = 4,
 ) -> list[tuple[str, float]]:
     """Execute the notebooks (dependencies first, ``jobs`` at a time); return (name, seconds).
 
@@ -153,7 +155,7 @@ def run_batch(
                     del waiting[number]
             if shared_ray and "ray_address" not in params:
                 # start the shared local Ray while the first chapters (no training) run
-                stack.enter_context(ray_session(num_cpus=os.cpu_count()))
+                stack.enter_context(ray_session(num_cpus=os.cpu_count(), prestart=False))
                 import ray
 
                 params["ray_address"] = ray.get_runtime_context().gcs_address
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
     parser.add_argument("--out-dir", type=Path, help="where executed copies go (runs/notebooks)")
     parser.add_argument("--threads", type=int, help="torch threads per kernel (quick: 1)")
-    parser.add_argument("--jobs", type=int, default=3, help="notebooks run at the same time")
+    parser.add_argument("--jobs", type=int, default=4, help="notebooks run at the same time")
     parser.add_argument("--engine", choices=("ray", "serial"),
                         help="how the grids run (the notebooks' engine parameter; default ray)")
     parser.add_argument("--ray-address", help="a running Ray cluster: 'auto' or ray://host:port")

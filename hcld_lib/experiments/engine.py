@@ -172,7 +172,8 @@ def _replay(recorded: list[Recorded]) -> None:
 
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                runtime_env: dict[str, Any] | None = None) -> Iterator[bool]:
+                runtime_env: dict[str, Any] | None = None, prestart: bool = True
+                ) -> Iterator[bool]:
     """Make sure Ray is initialised for the duration of the block; yield whether it was already.
 
     If Ray is already initialised, nothing is done and it is left running. Otherwise Ray is
@@ -180,6 +181,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     ``runtime_env`` for the whole job and the one-thread limits added to its ``env_vars``.
     ``ray.shutdown()`` is called at the end, which stops a local Ray that was started here and
     only disconnects from a cluster. Use it to share one Ray across several ``run_tasks`` calls.
+    ``prestart=False``: a local Ray started here starts no worker for this driver in advance (the
+    batch, which runs no task itself and only holds the Ray its notebooks share).
     """
     import ray
 
@@ -194,7 +197,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         private_token_file()
         with _loopback_node():
             ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host=LOOPBACK,
-                     _node_ip_address=LOOPBACK, **init)
+                     _node_ip_address=LOOPBACK,
+                     _system_config={"prestart_worker_first_driver": bool(prestart)}, **init)
         _check_loopback(ray)
     elif _on_loopback(target):  # a local Ray of another driver (the batch's shared one)
         with _loopback_node():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -119,9 +119,13 @@ def run_configs(
     num_cpus: int | None = None,
     num_gpus: float | None = None,
     desc: str = "grid",
+    later: Collection[str] = (),
 ) -> pd.DataFrame:
     """Train every run of ``configs`` that has not finished; one row per run (the columns of
     ``tables.metrics_row`` and ``run_dir``), in order.
+
+    The slowest architectures go first (:data:`_COST`), and the runs named in ``later`` last:
+    runs another chapter also trains, which are then usually finished and only read.
 
     ``engine="ray"`` runs each as a Ray task (:mod:`hcld_lib.experiments.engine`: a local Ray
     with ``num_cpus`` workers, default all cores, or the cluster at ``address``; a dead worker's
@@ -131,7 +135,8 @@ def run_configs(
     """
     configs = list(configs)
     todo = sorted((i for i, c in enumerate(configs) if not is_finished(c)),
-                  key=lambda i: (-_COST.get(configs[i].emotion_arch, 1), configs[i].fold))
+                  key=lambda i: (configs[i].resolved_run_name in later,
+                                 -_COST.get(configs[i].emotion_arch, 1), configs[i].fold))
     if progress and len(todo) < len(configs):
         print(f"[{desc}] {len(configs) - len(todo)} of {len(configs)} runs are already finished",
               flush=True)

@@ -106,8 +106,11 @@ def run_readings(base: RunConfig, chosen: Sequence[Reading], archs: Sequence[str
     unique = {c.resolved_run_name: c for configs in by_reading.values() for c in configs}
     source = emotion_representatives(list(unique.values()))
     trained = {c.resolved_run_name: c for c in source.values()}
+    # the as-printed reading's runs are the main grid's (chapter 04), which may be training them
+    as_printed = {c.resolved_run_name for c in by_reading.get(AS_PRINTED, [])}
     rows = run_configs(list(trained.values()), progress=progress, engine=engine,
-                       address=address, desc="readings").set_index("run_name", drop=False)
+                       address=address, desc="readings",
+                       later=as_printed).set_index("run_name", drop=False)
     out = []
     for name, configs in by_reading.items():
         for c in configs:
