@@ -153,6 +153,18 @@ def test_the_baselines_beyond_the_paper_are_judged_against_a_stated_direction():
         comparisons.claims_summary(claims.reset_index()))
 
 
+def test_a_comparison_is_only_made_where_both_variants_ran():
+    """The baselines on the CNN only (the quick profile), the paper's variants on two
+    architectures: the baseline comparisons get a CNN row and no empty LSTM one."""
+    runs = pd.concat([_rows({"hcld": 5.0}, archs=("cnn", "lstm")),
+                      _rows({"mi": -3.0}, archs=("cnn",)).query("variant == 'mi'")])
+    claims = comparisons.claims_table(runs, metrics=("emo_ua",))
+    assert set(claims.loc[claims["b"] == "mi", "arch"]) == {"cnn"}
+    assert set(claims.loc[claims["a"] == "mi", "arch"]) == {"cnn"}
+    assert set(claims.loc[claims["comparison"] == "HCLD vs EMO-only", "arch"]) == {"cnn", "lstm"}
+    assert (claims["n_pairs"] == 4).all()
+
+
 def test_the_headline_comparisons_on_two_backbones_say_when_the_answer_changes():
     fbank = _rows({"hcld": 5.0, "orth": 1.0}, archs=("cnn", "lstm")).assign(converged=True)
     whisper = _rows({"hcld": -4.0, "orth": 1.0}, archs=("cnn",)).assign(converged=True)

@@ -198,3 +198,25 @@ def test_a_backbone_layer_names_its_experiment_and_the_profile_names_a_pretraine
     assert other.pretrained() is None  # already on it
     assert setup(profile="paper", dataset="iemocap", iemocap_root=str(tmp_path),
                  **folders).pretrained() is None
+
+
+def test_the_baselines_beyond_the_paper_run_on_the_profile_s_baseline_archs(tmp_path,
+                                                                             monkeypatch):
+    from hcld_lib.experiments.params import Experiment
+
+    # the grid's cells without a feature cache: every run of the experiment's shared settings
+    monkeypatch.setattr(Experiment, "config", lambda self, *a, **k: self.base_config())
+    folders = dict(work_dir=str(tmp_path / "w"), results_dir=str(tmp_path / "r"))
+
+    def archs_of(exp):
+        cells = {(c.variant, c.emotion_arch) for c in exp.grid_configs()}
+        return ({a for v, a in cells if v in ("adversarial", "mi")},
+                {a for v, a in cells if v == "hcld"})
+
+    assert archs_of(setup({"profile": "quick"}, **folders)) == (
+        {"cnn"}, {"cnn", "lstm", "transformer"})
+    # archs given: the baselines run on every one of them
+    assert archs_of(setup({"profile": "quick", "archs": ["cnn", "lstm"]}, **folders)) == (
+        {"cnn", "lstm"}, {"cnn", "lstm"})
+    assert archs_of(setup({"profile": "paper", "dataset": "synthetic", "backbone": "fbank"},
+                          **folders)) == ({"cnn", "lstm", "transformer"},) * 2

@@ -49,7 +49,7 @@ from hcld_lib.io import (
     short_hash,
     slug,
 )
-from hcld_lib.method.variants import ARCHS, TABLE_VARIANTS
+from hcld_lib.method.variants import ARCHS, BASELINES, TABLE_VARIANTS
 from hcld_lib.training.config import RUN_FIELDS, RunConfig
 
 
@@ -68,6 +68,9 @@ class Profile:
     """The training seeds of every run (each seed also reshuffles the folds)."""
     reading_archs: tuple[str, ...] = ARCHS
     """The architectures of the open-points chapter (unless ``archs`` is set)."""
+    baseline_archs: tuple[str, ...] = ARCHS
+    """The architectures on which chapter 04 trains the decoupling baselines beyond the paper
+    (adversarial, MI) (unless ``archs`` is set); the paper's five variants run on every one."""
     reading_seeds: tuple[int, ...] = (0,)
     """The seeds of the open-points chapter (unless ``seeds`` is set)."""
     threads: int | None = None
@@ -109,6 +112,10 @@ PROFILES: dict[str, Profile] = {
         # the readings of the open points: one architecture, the grid's seed (5 pairs per
         # comparison; the as-printed reading is chapter 04's own runs); -p seeds [0, 1] for 10
         reading_archs=("cnn",),
+        # the adversarial and MI baselines on the CNN, as the readings: HCLD against each and
+        # the decoupling scorecard, where they differ most; -p archs [...] or the paper profile
+        # runs them on every architecture
+        baseline_archs=("cnn",),
         reading_seeds=(0,),
         # the encoders are so small that a second intra-op thread makes them slower
         threads=1,
@@ -315,11 +322,23 @@ class Experiment:
     def grid_configs(self, variants: Sequence[str] | None = None,
                      archs: Sequence[str] | None = None, folds: Sequence[int] | None = None,
                      seeds: Sequence[int] | None = None, **overrides: Any) -> list[RunConfig]:
-        """The runs of a grid of this experiment (default: its variants, archs, folds, seeds)."""
-        return grid_configs(self.config(), self.variants if variants is None else variants,
-                            self.archs if archs is None else archs,
-                            self.folds if folds is None else folds,
-                            self.seeds if seeds is None else seeds, self.runs_dir, overrides)
+        """The runs of a grid of this experiment (default: its variants, archs, folds, seeds),
+        the baselines beyond the paper only on :meth:`baseline_archs`."""
+        archs = self.archs if archs is None else archs
+        narrow = [a for a in archs if a in self.baseline_archs()]
+        base = self.config()
+        return [c for v in (self.variants if variants is None else variants)
+                for c in grid_configs(base, [v], narrow if v in BASELINES else archs,
+                                      self.folds if folds is None else folds,
+                                      self.seeds if seeds is None else seeds, self.runs_dir,
+                                      overrides)]
+
+    def baseline_archs(self) -> list[str]:
+        """The architectures of the adversarial and MI baselines: ``archs`` when given, else
+        those of the experiment's that the profile's ``baseline_archs`` names."""
+        if self.knobs.get("archs") is not None:
+            return list(self.archs)
+        return [a for a in self.archs if a in profile(self.profile).baseline_archs]
 
     def grid(self, variants: Sequence[str] | None = None, archs: Sequence[str] | None = None,
              folds: Sequence[int] | None = None, seeds: Sequence[int] | None = None,
