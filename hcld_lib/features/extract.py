@@ -308,11 +308,11 @@ def extract_features(
 
 @contextlib.contextmanager
 def _extraction_lock(folder: Path) -> Iterator[None]:
-    """Hold ``<folder>.lock`` while this process extracts into ``folder``: a second process
-    asking for the same cache (two chapters of a batch) waits and then reads it, instead of
-    writing the same files at the same time. An advisory lock, released by the system when the
-    process ends, however it ends."""
-    with open(folder.with_name(folder.name + ".lock"), "a+") as handle:
+    """Hold ``.<folder name>.lock`` (beside ``folder``) while this process extracts into it: a
+    second process asking for the same cache (two chapters of a batch) waits and then reads it,
+    instead of writing the same files at the same time. An advisory lock, released by the system
+    when the process ends, however it ends."""
+    with open(folder.with_name(f".{folder.name}.lock"), "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
