@@ -36,8 +36,12 @@ def plot_grid_comparison(
         ours = sub[f"{metric}_mean"].to_numpy(dtype=float)
         err = sub.get(f"{metric}_ci", pd.Series(np.nan, index=sub.index)).to_numpy(dtype=float)
         n = int(np.nanmax(sub.get("n_runs", pd.Series([1])).to_numpy(dtype=float)))
-        ax.bar(x - 0.2, np.nan_to_num(ours), 0.4, yerr=np.nan_to_num(err), capsize=3,
+        ran = np.isfinite(ours)  # a variant not trained on this architecture: no bar
+        ax.bar(x[ran] - 0.2, ours[ran], 0.4, yerr=np.nan_to_num(err[ran]), capsize=3,
                color="#1f77b4", label=f"ours (mean, 95 % interval over {n} runs)")
+        for i in np.flatnonzero(~ran):
+            ax.text(x[i], 2, "not run", rotation=90, ha="center", va="bottom", fontsize=7,
+                    color="#666666")
         paper_col = f"paper_{metric}"
         if paper_col in sub:
             ax.bar(x + 0.2, np.nan_to_num(sub[paper_col].to_numpy(dtype=float)), 0.4,
