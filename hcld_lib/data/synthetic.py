@@ -245,10 +245,10 @@ def _render_wavs(out: Path, plan: pd.DataFrame, seed: int, n_sessions: int, samp
     wav_dir.mkdir(exist_ok=True)
     voices = {v.speaker: i for i, v in enumerate(make_speakers(n_sessions, seed))}
     records = plan.to_dict("records")
+    paths = [wav_dir / f"{rec['utterance_id']}.wav" for rec in records]
     # files are written atomically: an existing one is complete
-    jobs = [(rec, str(wav_dir / f"{rec['utterance_id']}.wav"), int(seed), voices[rec["speaker"]],
-             int(sample_rate)) for rec in records
-            if not (wav_dir / f"{rec['utterance_id']}.wav").exists()]
+    jobs = [(rec, str(path), int(seed), voices[rec["speaker"]], int(sample_rate))
+            for rec, path in zip(records, paths, strict=True) if not path.exists()]
     if workers is None:
         workers = (os.cpu_count() or 1) if len(jobs) > _PARALLEL_FROM else 1
     bar = progress_bar(total=len(records), desc="synthesizing", unit="utt", enabled=progress)

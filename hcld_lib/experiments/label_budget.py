@@ -244,12 +244,17 @@ def label_budget_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table.loc[order, present]
 
 
+def _length(base: RunConfig, most: int, plateau: str) -> str:
+    """``most`` epochs under ``base``'s plateau rule, in words; ``plateau`` names the curve."""
+    if base.stop_at_plateau:
+        return (f"until {plateau} (patience {base.patience}, at least "
+                f"{min(base.min_epochs, most)} and at most {most} epochs)")
+    return f"{most} epochs"
+
+
 def fine_tuning_length(base: RunConfig) -> str:
     """How long a fine-tuning run trains, in words."""
-    if base.stop_at_plateau:
-        return (f"until the validation plateau (patience {base.patience}, at least "
-                f"{min(base.min_epochs, base.max_epochs)} and at most {base.max_epochs} epochs)")
-    return f"{base.max_epochs} epochs"
+    return _length(base, base.max_epochs, "the validation plateau")
 
 
 def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
@@ -274,11 +279,9 @@ def label_budget_notes(base: RunConfig, speaker_encoder: str, k: int | None,
 def pretraining_length(base: RunConfig, pretrain_epochs: int | None = None) -> str:
     """How long pretraining trains, in words."""
     most = base.max_epochs if pretrain_epochs is None else int(pretrain_epochs)
-    if base.stop_at_plateau:
-        return (f"until the plateau of its held-out cluster loss (patience {base.patience}, at "
-                f"least {min(base.min_epochs, most)} and at most {most} epochs), keeping the "
-                "epoch of the lowest held-out loss")
-    return f"{most} epochs, keeping the epoch of the lowest held-out cluster loss"
+    kept = "held-out loss" if base.stop_at_plateau else "held-out cluster loss"
+    return (f"{_length(base, most, 'the plateau of its held-out cluster loss')}, keeping the "
+            f"epoch of the lowest {kept}")
 
 
 def pretraining_convergence(records: dict[str, dict]) -> str:

@@ -133,7 +133,7 @@ def plot_pretrain_loss(
 ) -> Figure:
     """Pretraining loss per epoch, one line per history (e.g. per fold) and loss term: the
     training terms on the left, the held-out cluster loss that decides the length on the right
-    (when the histories have it), with a dot at each history's kept epoch (``kept``).
+    (when the histories have it), with a circle at each history's kept epoch (``kept``).
 
     ``histories``: ``{label: DataFrame}`` with an ``epoch`` column and loss columns (the
     history of ``training.pretrain.pretrain_emotion_encoder``; ``loss`` is the total).

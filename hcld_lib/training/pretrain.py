@@ -59,6 +59,7 @@ from hcld_lib.method.models import DualBranchModel
 from hcld_lib.method.sampler import ContrastiveBatchSampler
 from hcld_lib.runtime import resolve_device, set_seed
 from hcld_lib.training.config import RunConfig
+from hcld_lib.training.evaluate import predict
 from hcld_lib.training.fit import Batches, FitResult, fit
 from hcld_lib.training.fold import fold_split
 from hcld_lib.training.run import stopping_settings, training_length
@@ -255,26 +256,37 @@ def held_out_cluster_loss(
         temperature: ``tau``. other_speakers_negative: contrast against every training utterance.
     Returns: scalar tensor (0 when no held-out anchor has a positive).
     """
-    s_h = torch.as_tensor(speaker_held, device=z_held.device)
-    s_t = torch.as_tensor(speaker_train, device=z_held.device)
-    c_h = torch.as_tensor(cluster_held, device=z_held.device)
-    c_t = torch.as_tensor(cluster_train, device=z_held.device)
+    pos, valid = held_out_pairs(speaker_held, speaker_train, cluster_held, cluster_train,
+                                other_speakers_negative, z_held.device)
+    return masked_contrastive_loss(z_held, z_train, pos, valid, temperature)
+
+
+def held_out_pairs(
+    speaker_held: torch.Tensor | np.ndarray,
+    speaker_train: torch.Tensor | np.ndarray,
+    cluster_held: torch.Tensor | np.ndarray,
+    cluster_train: torch.Tensor | np.ndarray,
+    other_speakers_negative: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, A)`` of :func:`held_out_cluster_loss` as ``[V, M]`` bool masks: positives (same
+    speaker and cluster) and the contrast set (same speaker, or every training utterance)."""
+    s_h, s_t, c_h, c_t = (torch.as_tensor(v, device=device)
+                          for v in (speaker_held, speaker_train, cluster_held, cluster_train))
     same_spk = s_h[:, None] == s_t[None, :]
     pos = same_spk & (c_h[:, None] == c_t[None, :])
-    valid = torch.ones_like(pos) if other_speakers_negative else same_spk
-    return masked_contrastive_loss(z_held, z_train, pos, valid, temperature)
+    return pos, (torch.ones_like(pos) if other_speakers_negative else same_spk)
 
 
 def held_out_chance(data: _PseudoLabelled, other_speakers_negative: bool) -> float | None:
     """:func:`held_out_cluster_loss` of an encoder that tells no utterance apart (every
     similarity equal): the mean of ``log |A(i)|`` over the held-out anchors with a positive;
     ``None`` without such anchors."""
-    same_spk = data.held_speaker[:, None] == data.speaker[None, :]
-    pos = same_spk & (data.held_pseudo[:, None] == data.pseudo[None, :])
-    size = (np.full(len(data.held_rows), len(data.rows)) if other_speakers_negative
-            else same_spk.sum(axis=1))
-    anchors = pos.any(axis=1)
-    return float(np.log(size[anchors]).mean()) if anchors.any() else None
+    pos, valid = held_out_pairs(data.held_speaker, data.speaker, data.held_pseudo, data.pseudo,
+                                other_speakers_negative)
+    anchors = pos.any(dim=1)
+    return (float(valid[anchors].sum(dim=1).double().log().mean()) if bool(anchors.any())
+            else None)
 
 
 def _cluster_task(
@@ -321,9 +333,8 @@ def _cluster_task(
         return total, terms
 
     def embed(features: FoldFeatures) -> torch.Tensor:
-        step = max(1, batch_size)
-        return torch.cat([model(*features.gather(np.arange(i, min(i + step, len(features)))))["x_e"]
-                          for i in range(0, len(features), step)])
+        x_e = predict(model, features, np.arange(len(features)), batch_size)["x_e"]
+        return torch.from_numpy(x_e).to(data.device)
 
     def evaluate(epoch: int) -> tuple[dict[str, float], float | None, None]:
         if data.held_features is None:
@@ -434,10 +445,9 @@ def pretrain_emotion_encoder(
 
     meta = _pretrain_meta(config, data, epochs, tau, speaker_ce, w_speaker,
                           other_speakers_negative)
+    # without a validation part the curve is all NaN: the rule never holds, the last epoch is kept
     rule = {**stopping_settings(config.replace(max_epochs=epochs)), "score": HELD_OUT,
             "lower_is_better": True}
-    if data.held_features is None:
-        rule["stop_at_plateau"] = False
     result = fit(
         module, batches, forward, loss, epochs=epochs, lr=config.lr,
         warmup_epochs=config.warmup_epochs, weight_decay=config.weight_decay,
@@ -454,8 +464,6 @@ def pretrain_emotion_encoder(
                 best_epoch=result.best_epoch,
                 held_out_loss=result.history[result.best_epoch - 1].get(HELD_OUT),
                 held_out_chance=held_out_chance(data, other_speakers_negative))
-    if data.held_features is None:
-        meta.update(plateau_epoch=None, converged=False)
     return _save_pretrained(out_path, model, meta, result)
 
 
